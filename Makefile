@@ -1,0 +1,31 @@
+# Two entry points for a fresh machine (README.md):
+#   make repro   install into .venv, then `dvc repro` the embedded default
+#   make test    install into .venv, then run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install repro test lint clean-venv
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+repro: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+
+# pytest exits 5 when it collected no test: that is a failure, not a pass.
+test: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+lint: install
+	$(BIN)/ruff check .
+
+clean-venv:
+	rm -rf $(VENV)

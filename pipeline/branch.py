@@ -1,0 +1,48 @@
+"""DVC stage `branch-at-fraction`: pick the text-run checkpoint at `branch.fraction`.
+
+0.0 means from scratch (the text run's own initial weights, same seed); any other value must be a
+saved branch point. Writes data/branch/ (LM weights + branch.json: step, tokens seen and the main
+schedule's LR there), so changing the fraction re-runs from here on and never the text run.
+"""
+
+from __future__ import annotations
+
+from pipeline.common import BRANCH, PRETRAIN, codec, composer_weights, new_lm
+from vlm import params as P
+from vlm.io import atomic_dir, read_json, write_json
+from vlm.model import store
+from vlm.training.schedules import warmup_cosine
+
+
+def main() -> None:
+    params = P.load()
+    fraction = P.fraction(params, "branch.fraction")
+    schedule = read_json(PRETRAIN / "schedule.json")
+    points = {float(f): s for f, s in schedule["branch_points"].items()}
+    valid = sorted({0.0, *points})
+    if not any(abs(fraction - f) < 1e-9 for f in valid):
+        raise P.ParamError(
+            f"params.yaml: `branch.fraction` {fraction} is not a saved branch point; valid values: {valid} "
+            "(0.0 = from scratch; add it to `pretrain.branch_points` to branch elsewhere)"
+        )
+    step = 0 if fraction == 0 else points[min(points, key=lambda f: abs(f - fraction))]
+    lm = new_lm(schedule["preset"], codec().vocab_size, schedule["seed"])
+    if step:
+        lm.load_state_dict(composer_weights(PRETRAIN / "checkpoints" / f"ba{step}.pt"))
+    info = {
+        "fraction": fraction,
+        "step": step,
+        "tokens_seen": step * schedule["tokens_per_step"],
+        "lr": warmup_cosine(step, schedule["steps"], schedule["lr"], schedule["warmup_steps"],
+                            schedule["final_lr_ratio"]),
+        "main_schedule": {k: schedule[k] for k in ("steps", "lr", "warmup_steps", "final_lr_ratio")},
+    }
+    with atomic_dir(BRANCH) as tmp:
+        store.save(lm, tmp)
+        write_json(tmp / "branch.json", info)
+    print(f"branch-at-fraction: {fraction:.0%} -> step {step}, {info['tokens_seen']:,} tokens, "
+          f"main-schedule LR {info['lr']:.3g}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""DVC stage `evaluate`: score the model after each phase on vision and text tasks.
+
+Phases: `text_pretrain` (the text run's last checkpoint; text tasks only, it has no eyes),
+`cooldown` and `finetune` (the headline). Per task: accuracy, chance and stable score; per phase:
+`vision_stable`, `text_stable` and their mean. Writes metrics/eval.json; its top-level scores are
+the fine-tuned model's.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pipeline.common import COOLDOWN, ENCODER, FINETUNE, PRETRAIN, RAW, codec, composer_weights, image_collator, new_lm
+from vlm import params as P
+from vlm.data import readers
+from vlm.evaluation.metrics import stable_score, summarise
+from vlm.evaluation.scoring import score_mc, score_pope, score_vqa
+from vlm.io import read_json, write_json
+from vlm.model import store
+
+EVAL, METRICS, EXAMPLES = RAW / "eval", Path("metrics/eval.json"), Path("logs/eval_examples.json")
+VISION_TASKS, TEXT_TASKS = ("vqa", "pope"), ("text_mc",)
+
+
+def load_tasks() -> dict:
+    """The evaluation sets named in data/raw/eval/tasks.json, read and checked up front."""
+    spec = read_json(EVAL / "tasks.json")
+    tasks = {}
+    for name, t in spec.items():
+        if t["kind"] == "vqa":
+            items = readers.read_vqa(EVAL / t["questions"], EVAL / t["annotations"], EVAL / t["image_dir"])
+        elif t["kind"] == "pope":
+            items = readers.read_pope(EVAL / t["file"])
+        elif t["kind"] == "mc":
+            items = readers.read_mc(EVAL / t["file"])
+        else:
+            raise ValueError(f"{EVAL / 'tasks.json'}: task {name!r} has unknown kind {t['kind']!r}")
+        tasks[name] = {"kind": t["kind"], "chance": float(t["chance"]), "items": items}
+    return tasks
+
+
+def evaluate_phase(tasks: dict, cdc, lm, vlm=None, collate=None, batch_size=64, max_new_tokens=4) -> dict:
+    scores = {}
+    for name, task in tasks.items():
+        if task["kind"] == "mc":
+            result = score_mc(lm, cdc, task["items"])
+        elif vlm is None:
+            continue
+        elif task["kind"] == "vqa":
+            result = score_vqa(vlm, collate, cdc, task["items"], readers.load_image, batch_size, max_new_tokens)
+        else:
+            result = score_pope(vlm, collate, cdc, task["items"], readers.load_image, batch_size, max_new_tokens)
+        result["chance"] = task["chance"]
+        result["stable"] = stable_score(result["accuracy"], task["chance"])
+        scores[name] = result
+    return summarise(scores, [t for t in VISION_TASKS if t in scores], [t for t in TEXT_TASKS if t in scores])
+
+
+def main() -> None:
+    params = P.load()
+    batch_size = P.positive_int(params, "evaluate.batch_size")
+    max_new = P.positive_int(params, "evaluate.max_new_tokens")
+    blank = bool(P.get(params, "vision.blank_images"))
+    t0 = time.time()
+    tasks = load_tasks()
+    cdc = codec()
+    schedule = read_json(PRETRAIN / "schedule.json")
+    last = max(schedule["branch_points"].values())
+    text_lm = new_lm(schedule["preset"], cdc.vocab_size, schedule["seed"])
+    text_lm.load_state_dict(composer_weights(PRETRAIN / "checkpoints" / f"ba{last}.pt"))
+
+    phases = {"text_pretrain": evaluate_phase(tasks, cdc, text_lm.eval())}
+    for phase, folder in (("cooldown", COOLDOWN), ("finetune", FINETUNE)):
+        vlm = store.load_vlm(folder, ENCODER).eval()
+        collate = image_collator(cdc, vlm, ENCODER, blank=blank)
+        phases[phase] = evaluate_phase(tasks, cdc, vlm.lm, vlm, collate, batch_size, max_new)
+        print(f"evaluate: {phase}: " + ", ".join(
+            f"{n} {phases[phase][n]['accuracy']:.3f}" for n in tasks if n in phases[phase]), flush=True)
+    final = phases["finetune"]
+    metrics = {k: final[k] for k in ("vision_stable", "text_stable", "stable_mean")}
+    metrics["tasks"] = {n: {k: v for k, v in final[n].items() if k != "examples"} for n in tasks}
+    metrics["phases"] = {
+        p: {k: r[k] for k in ("vision_stable", "text_stable", "stable_mean") if r.get(k) is not None}
+        for p, r in phases.items()
+    }
+    write_json(METRICS, metrics)
+    write_json(EXAMPLES, {p: r["vqa"]["examples"] for p, r in phases.items() if "vqa" in r})
+    print(f"evaluate: done in {time.time() - t0:.0f}s; vision_stable {metrics['vision_stable']:.3f}, "
+          f"text_stable {metrics['text_stable']:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""DVC stage `stream-shard`: write MDS shards per source with a validation split.
+
+Reads data/tokens (from `tokenize`) and the images in data/raw; writes data/shards/ and
+metrics/shards.json (samples and tokens per source and split).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from vlm import params as P
+from vlm.data.shards import SOURCES, write_shards
+from vlm.data.tokenizer import Codec
+from vlm.data.tokens import Ragged
+from vlm.io import atomic_dir, write_json
+
+RAW, TOKENS, OUT, METRICS = Path("data/raw"), Path("data/tokens"), Path("data/shards"), Path("metrics/shards.json")
+
+
+def main() -> None:
+    params = P.load()
+    seq_len = P.integer(params, "shard.seq_len", lo=8)
+    val_fraction = P.real(params, "shard.val_fraction", 0.0, 0.5)
+    seed = P.integer(params, "seed", lo=0)
+
+    t0 = time.time()
+    codec = Codec.from_file(TOKENS / "tokenizer.json")
+    sources = {name: Ragged.load(TOKENS, name) for name in SOURCES}
+    print(f"stream-shard: writing MDS shards (seq_len {seq_len}, val {val_fraction:.0%}) ...", flush=True)
+    with atomic_dir(OUT) as tmp:
+        stats = write_shards(sources, codec, RAW, tmp, seq_len, val_fraction, seed)
+        write_json(tmp / "stats.json", stats)
+    write_json(METRICS, stats)
+    print(f"stream-shard: done in {time.time() - t0:.1f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

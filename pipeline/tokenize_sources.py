@@ -1,0 +1,55 @@
+"""DVC stage `tokenize`: train (or load) the BPE tokenizer and encode every source.
+
+Reads data/raw (from `prepare`), writes data/tokens/ and metrics/tokens.json.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from vlm import params as P
+from vlm.data import readers
+from vlm.data.tokenizer import MIN_VOCAB, Codec, load_tokenizer, train_tokenizer
+from vlm.data.tokens import encode_sources, token_counts
+from vlm.io import atomic_dir, write_json
+
+RAW, OUT, METRICS = Path("data/raw"), Path("data/tokens"), Path("metrics/tokens.json")
+
+
+def main() -> None:
+    params = P.load()
+    vocab_size = P.integer(params, "tokenize.vocab_size", lo=MIN_VOCAB)
+    given = P.optional_path(params, "tokenize.tokenizer")
+
+    t0 = time.time()
+    print("tokenize: reading and checking sources ...", flush=True)
+    texts = readers.read_text(RAW / "text.jsonl")
+    captions = [(os.path.relpath(img, RAW), cap) for img, cap in readers.read_captions(RAW / "captions.jsonl")]
+    convs = readers.read_llava(RAW / "instruct.json")
+    print(f"  {len(texts)} documents, {len(captions)} captions, {len(convs)} conversations", flush=True)
+
+    if given:
+        print(f"tokenize: loading {given}", flush=True)
+        tok = load_tokenizer(given)
+    else:
+        print(f"tokenize: training byte-level BPE, vocab {vocab_size} ...", flush=True)
+        tok = train_tokenizer(texts, vocab_size, show_progress=False)
+    codec = Codec(tok)
+
+    print("tokenize: encoding sources ...", flush=True)
+    sources = encode_sources(codec, texts, captions, convs)
+    with atomic_dir(OUT) as tmp:
+        tok.save(str(tmp / "tokenizer.json"))
+        for name, ragged in sources.items():
+            ragged.save(tmp, name)
+    counts = token_counts(sources)
+    counts["vocab_size"] = codec.vocab_size
+    write_json(METRICS, counts)
+    summary = ", ".join(f"{k} {v['tokens']}" for k, v in counts.items() if isinstance(v, dict))
+    print(f"tokenize: done in {time.time() - t0:.1f}s; tokens: {summary}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

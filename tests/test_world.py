@@ -1,0 +1,267 @@
+"""The embedded synthetic world: determinism, layout, and the honesty of its questions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from pipeline import prepare
+from vlm.data import readers
+from vlm.data import world as W
+from vlm.params import ParamError
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _creatures(raw: Path) -> list[dict]:
+    return json.loads((raw / "world.json").read_text())["creatures"]
+
+
+def _is_balanced(values: list[str], vocab: tuple[str, ...]) -> bool:
+    counts = Counter(values)
+    assert set(counts) <= set(vocab)
+    return max(counts[v] for v in vocab) - min(counts[v] for v in vocab) <= 1
+
+
+# ---- determinism and layout ---------------------------------------------------------------------
+
+def test_same_params_give_byte_identical_files(tmp_path, world_params, small_world):
+    out = tmp_path / "raw"
+    W.write_world(world_params(), out)
+    assert _digests(out) == _digests(small_world)
+    other = tmp_path / "other"
+    W.write_world({**world_params(), "seed": 8}, other)
+    assert _digests(other)["text.jsonl"] != _digests(small_world)["text.jsonl"]
+
+
+def test_training_data_does_not_depend_on_the_eval_size(tmp_path, world_params, small_world):
+    out = tmp_path / "raw"
+    W.write_world(world_params(n_eval=10), out)
+    before, after = _digests(small_world), _digests(out)
+    training = [k for k in before if not k.startswith("eval/") and k != "world.json"]
+    assert training and all(before[k] == after[k] for k in training)
+    assert len(_lines(out / "eval" / "pope.jsonl")) == 10
+
+
+def test_layout(small_world):
+    raw = small_world
+    names = ["text.jsonl", "captions.jsonl", "instruct.json", "world.json", "eval/tasks.json",
+             "eval/pope.jsonl", "eval/vqa_questions.json", "eval/vqa_annotations.json", "eval/text_mc.jsonl"]
+    for name in names:
+        assert (raw / name).is_file(), name
+    assert sorted(p.name for p in (raw / "images").iterdir()) == [f"{i:06d}.png" for i in range(40)]
+    assert len(list((raw / "eval" / "images").iterdir())) == 2 * 48
+    with Image.open(raw / "images" / "000000.png") as img:
+        assert (img.format, img.mode, img.size) == ("PNG", "RGB", (32, 32))
+    assert len(_lines(raw / "text.jsonl")) == 60
+    assert _lines(raw / "captions.jsonl")[3]["image"] == "images/000003.png"
+    tasks = json.loads((raw / "eval" / "tasks.json").read_text())
+    assert set(tasks) == {"vqa", "pope", "text_mc"}
+    assert (tasks["pope"]["chance"], tasks["text_mc"]["chance"]) == (0.5, 0.25)
+    counts = json.loads((raw / "world.json").read_text())["counts"]
+    assert counts["instruct_text"] == 15 and counts["instruct_vision"] == 45
+
+
+def test_every_file_passes_its_reader(small_world):
+    raw, ev = small_world, small_world / "eval"
+    assert len(readers.read_text(raw / "text.jsonl")) == 60
+    assert len(readers.read_captions(raw / "captions.jsonl")) == 40
+    assert len(readers.read_llava(raw / "instruct.json")) == 60
+    tasks = json.loads((ev / "tasks.json").read_text())
+    vqa = readers.read_vqa(ev / tasks["vqa"]["questions"], ev / tasks["vqa"]["annotations"],
+                           ev / tasks["vqa"]["image_dir"])
+    assert len(vqa) == len(readers.read_pope(ev / "pope.jsonl")) == 48
+    assert len(readers.read_mc(ev / "text_mc.jsonl")) == 48
+    assert vqa[0]["image"] == ev / "images" / f"{vqa[0]['image_id']:06d}.png"
+
+
+def test_a_crash_keeps_the_old_world_and_a_rerun_replaces_it(tmp_path, world_params, monkeypatch):
+    out = tmp_path / "raw"
+    W.write_world(world_params(), out)
+    (out / "stale.txt").write_text("from an older run")
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated crash")
+
+    with monkeypatch.context() as m:
+        m.setattr(W, "make_corpus", crash)
+        with pytest.raises(RuntimeError):
+            W.write_world(world_params(), out)
+    assert (out / "stale.txt").exists() and (out / "world.json").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["raw"]  # no half-written sibling left
+    W.write_world(world_params(), out)
+    assert not (out / "stale.txt").exists()
+
+
+def test_eval_images_are_never_training_images(small_world):
+    train = set(_digests(small_world / "images").values())
+    held_out = set(_digests(small_world / "eval" / "images").values())
+    assert train and held_out and not train & held_out
+
+
+# ---- captions and instructions -----------------------------------------------------------------
+
+@pytest.mark.parametrize("count", W.COUNTS)
+def test_captions_describe_only_what_the_image_shows(count):
+    scene = W.Scene("cross", "yellow", "small", count, tuple(range(count)))
+    for template in W.CAPTIONS:
+        text = W.describe(scene, template)
+        assert text == text.lower() and text.endswith(".")
+        assert {"yellow", "small", W.COUNT_WORDS[count]} <= set(re.findall(r"[a-z]+", text))
+        assert ("cross" if count == 1 else "crosses") in text
+        assert ("top left" in text) == (count == 1)
+    assert W.describe(W.Scene("cross", "yellow", "small", 3, (0, 1, 3)), W.CAPTIONS[2]) == \
+        "three yellow crosses, all of them small."
+
+
+def test_instructions(small_world):
+    convs = readers.read_llava(small_world / "instruct.json")
+    captions = {r["image"]: r["caption"] for r in _lines(small_world / "captions.jsonl")}
+    teachers = {c["name"]: c["facts"] for c in _creatures(small_world) if c["group"] == "instruct"}
+    text_only = [c for c in convs if "image" not in c]
+    assert len(text_only) == 15
+    for conv in convs:
+        turns = conv["conversations"]
+        pairs = [(turns[i]["value"], turns[i + 1]["value"]) for i in range(0, len(turns), 2)]
+        assert 1 <= len(pairs) <= 3
+        if "image" not in conv:
+            assert not any("<image>" in t["value"] for t in turns)
+            for q, a in pairs:
+                name = re.search(r"the (\w+)", q).group(1)
+                assert name in teachers and a in teachers[name].values()
+            continue
+        assert pairs[0][0].startswith("<image>\n")
+        words = set(re.findall(r"[a-z0-9]+", captions[conv["image"]]))
+        for q, a in pairs:
+            q = q.removeprefix("<image>\n")
+            if q.startswith("is there"):
+                assert a in ("yes", "no")
+            else:
+                kind = next(k for k, text in W.VISION_QUESTIONS.items() if text == q)
+                assert a in W.VISION_ANSWERS[kind] and a not in q
+                word = W.COUNT_WORDS[int(a)] if kind == "count" else a
+                assert word in words or W.PLURALS.get(word, word) in words  # the answer matches the caption
+
+
+# ---- honesty of the evaluation sets -------------------------------------------------------------
+
+def test_vqa_answers_are_balanced_per_question_and_absent_from_its_text(small_world):
+    ev = small_world / "eval"
+    items = readers.read_vqa(ev / "vqa_questions.json", ev / "vqa_annotations.json")
+    by_text = defaultdict(list)
+    for item in items:
+        assert item["answers"] == [item["multiple_choice_answer"]] * 10
+        by_text[item["question"]].append(item["multiple_choice_answer"])
+    assert set(by_text) == set(W.VISION_QUESTIONS.values())
+    assert max(map(len, by_text.values())) - min(map(len, by_text.values())) <= 1
+    for kind, text in W.VISION_QUESTIONS.items():
+        assert _is_balanced(by_text[text], W.VISION_ANSWERS[kind])
+        assert not any(a in text for a in W.VISION_ANSWERS[kind])  # not even as a substring
+    chance = json.loads((ev / "tasks.json").read_text())["vqa"]["chance"]
+    assert chance == pytest.approx((1 / 4 + 1 / 4 + 1 / 3 + 1 / 2) / 4, abs=1e-6)
+
+
+def test_vqa_images_show_the_answer():
+    for kind, answer, scene in W.make_vqa(np.random.default_rng(1), 40):
+        assert scene.answer(kind) == answer
+
+
+def test_pope_labels_are_true_and_balanced_per_question():
+    items = W.make_pope(np.random.default_rng(2), 64)
+    by_text = defaultdict(list)
+    for text, label, scene in items:
+        shown = W.EXISTS_QUESTION.format(colour=scene.colour, shape=scene.shape)
+        assert (shown == text) == (label == "yes")
+        by_text[text].append(label)
+    assert all(labels.count("yes") == labels.count("no") for labels in by_text.values())
+
+
+def test_pope_file_is_balanced(small_world):
+    items = readers.read_pope(small_world / "eval" / "pope.jsonl")
+    labels = defaultdict(list)
+    for item in items:
+        labels[item["text"]].append(item["label"])
+    assert sum(v.count("yes") for v in labels.values()) == 24
+    assert all(abs(v.count("yes") - v.count("no")) <= 1 for v in labels.values())
+
+
+def test_creature_facts_are_balanced_random_assignments():
+    creatures = W.make_creatures(np.random.default_rng(3), 32, 8)
+    names = [c.name for c in creatures]
+    assert len(set(names)) == 32 and all(re.fullmatch(r"[a-z]+", n) for n in names)
+    for group, size in (("instruct", 8), ("eval", 24)):
+        members = [c for c in creatures if c.group == group]
+        assert len(members) == size
+        for attr, vocab in W.ATTRIBUTES.items():
+            assert Counter(c.facts[attr] for c in members) == {v: size // 8 for v in vocab}
+    again = W.make_creatures(np.random.default_rng(4), 32, 8)
+    assert [c.facts for c in again] != [c.facts for c in creatures]
+
+
+def test_text_mc_asks_only_about_eval_creatures_with_balanced_answers(small_world):
+    facts = {c["name"]: c for c in _creatures(small_world)}
+    items = readers.read_mc(small_world / "eval" / "text_mc.jsonl")
+    assert Counter(item["answer"] for item in items) == {0: 12, 1: 12, 2: 12, 3: 12}
+    for item in items:
+        name = re.search(r"the (\w+)", item["stem"]).group(1)
+        attr = next(a for a, q in W.QUESTIONS.items() if q.format(name=name) == item["stem"])
+        answer = item["choices"][item["answer"]]
+        assert facts[name]["group"] == "eval" and facts[name]["facts"][attr] == answer
+        assert len(set(item["choices"])) == 4 and set(item["choices"]) <= set(W.ATTRIBUTES[attr])
+        assert answer not in item["stem"]
+
+
+def test_every_fact_is_stated_in_the_corpus_and_eval_facts_nowhere_else(small_world):
+    corpus = " ".join(readers.read_text(small_world / "text.jsonl"))
+    instruct = (small_world / "instruct.json").read_text()
+    for c in W.make_creatures(W.child_rng(7, "creatures"), 6, 2):
+        for attr in W.ATTRIBUTES:
+            for template in range(W.N_TEMPLATES):
+                assert W.fact_sentence(c, attr, template) in corpus
+            qa = f"question: {W.question(c, attr)} answer: {c.facts[attr]}."
+            assert qa in corpus
+        assert (c.name in instruct) == (c.group == "instruct")
+
+
+# ---- params and the prepare stage ----------------------------------------------------------------
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("n_images", -5), ("n_instruct_creatures", 6), ("text_instruct_share", 1.5), ("image_size", 8),
+    ("n_text_docs", 10), ("n_eval", 0),
+])
+def test_bad_prepare_params_name_the_key(world_params, key, value):
+    with pytest.raises(ParamError, match=rf"`prepare\.{key}`"):
+        W.world_config(world_params(**{key: value}))
+
+
+def _run_prepare(tmp_path: Path, monkeypatch, params: dict) -> None:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    prepare.main()
+
+
+def test_prepare_rejects_a_negative_image_count_before_writing(tmp_path, monkeypatch, world_params):
+    with pytest.raises(ParamError, match=r"prepare\.n_images"):
+        _run_prepare(tmp_path, monkeypatch, world_params(n_images=-1))
+    assert not (tmp_path / "data").exists()
+
+
+def test_prepare_writes_the_world(tmp_path, monkeypatch, world_params, capsys, small_world):
+    _run_prepare(tmp_path, monkeypatch, world_params())
+    assert _digests(tmp_path / "data" / "raw") == _digests(small_world)
+    assert "prepare: done" in capsys.readouterr().out

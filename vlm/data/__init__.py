@@ -1,0 +1,1 @@
+"""Data: the embedded synthetic world, readers of the input formats, tokens, shards and mixing."""

@@ -1,0 +1,91 @@
+"""MosaicML Streaming MDS shards: one dataset per source, each with `train` and `val` splits.
+
+Every sample of every source has the same three columns, so one collator serves any mix:
+    tokens  ndarray:int32   the formatted sequence (tokenizer.py), one [image] placeholder at most
+    mask    ndarray:uint8   1 where the loss applies (all text tokens, captions, assistant answers)
+    image   bytes           the encoded image file (PNG/JPEG) or b"" when the sample has none
+Shards are written uncompressed (design.md) and read back by stock `StreamingDataset`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from streaming import MDSWriter
+
+from vlm.data.tokenizer import Codec
+from vlm.data.tokens import Ragged
+
+COLUMNS = {"tokens": "ndarray:int32", "mask": "ndarray:uint8", "image": "bytes"}
+SOURCES = ("text", "captions", "instruct")
+SPLITS = ("train", "val")
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """A seeded permutation cut into val (first) and train; both sorted to keep source order."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * val_fraction))
+    if val_fraction > 0:
+        n_val = max(n_val, 1)
+    return {"val": np.sort(order[:n_val]), "train": np.sort(order[n_val:])}
+
+
+def pack_text(docs: Ragged, idx: np.ndarray, codec: Codec, seq_len: int) -> np.ndarray:
+    """Concatenate [bos] doc [eos] for the docs in `idx` and cut into rows of `seq_len` (remainder dropped)."""
+    bos, eos = codec.ids["bos"], codec.ids["eos"]
+    parts = []
+    for i in idx:
+        parts += [np.array([bos], np.int32), docs[i], np.array([eos], np.int32)]
+    stream = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+    rows = len(stream) // seq_len
+    return stream[: rows * seq_len].reshape(rows, seq_len)
+
+
+def _samples(name: str, source: Ragged, idx: np.ndarray, codec: Codec, raw_dir: Path, seq_len: int):
+    if name == "text":
+        for row in pack_text(source, idx, codec, seq_len):
+            yield {"tokens": row, "mask": np.ones_like(row, dtype=np.uint8), "image": b""}
+        return
+    for i in idx:
+        image = source.images[i]
+        if name == "captions":
+            ids, mask = codec.caption(source[i].tolist())
+        else:
+            ids, mask = source[i], source.mask_of(i)
+        yield {
+            "tokens": np.asarray(ids, dtype=np.int32),
+            "mask": np.asarray(mask, dtype=np.uint8),
+            "image": (raw_dir / image).read_bytes() if image else b"",
+        }
+
+
+def write_shards(
+    sources: dict[str, Ragged], codec: Codec, raw_dir: Path, out_dir: Path, seq_len: int, val_fraction: float,
+    seed: int, log=print,
+) -> dict:
+    """Write out_dir/{source}/{split}/ MDS datasets; returns per-split statistics."""
+    stats: dict = {}
+    for k, name in enumerate(SOURCES):
+        splits = split_indices(len(sources[name]), val_fraction, seed + k)
+        for split in SPLITS:
+            n, tokens, images = 0, 0, 0
+            with MDSWriter(out=str(out_dir / name / split), columns=COLUMNS, compression=None) as writer:
+                for sample in _samples(name, sources[name], splits[split], codec, raw_dir, seq_len):
+                    writer.write(sample)
+                    n += 1
+                    tokens += len(sample["tokens"])
+                    images += bool(sample["image"])
+            if split == "train" and n == 0:
+                raise ValueError(
+                    f"source `{name}`: no training samples after the split (records: {len(sources[name])}, "
+                    f"seq_len {seq_len}); add data or lower shard.seq_len / shard.val_fraction"
+                )
+            stats[f"{name}/{split}"] = {
+                "samples": n,
+                "tokens": tokens,  # with the format's special tokens, one placeholder per image
+                "images": images,
+                "mean_tokens": tokens / n if n else 0.0,
+            }
+            log(f"  {name}/{split}: {n} samples, {tokens} tokens, {images} images")
+    return stats

@@ -1,0 +1,242 @@
+"""The image side: open_clip encoders, their local save/load, and penultimate-layer patch features.
+
+The embedded default trains a tiny SigLIP-style open_clip model (`tiny_clip_config`, `clip_siglip_loss`)
+and saves it in the folder layout open_clip reads with `create_model("local-dir:PATH")`; a real run
+points `load_clip` at a local folder holding pretrained SigLIP weights in that same layout.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.loss import SigLipLoss
+from PIL import Image
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+CONFIG_NAME = "open_clip_config.json"
+WEIGHTS_NAME = "open_clip_model.safetensors"
+
+
+def tiny_clip_config(
+    image_size: int,
+    patch_size: int,
+    width: int,
+    layers: int,
+    heads: int,
+    embed_dim: int,
+    vocab_size: int,
+    context_length: int,
+    pad_id: int,
+    eos_id: int,
+) -> dict:
+    """An open_clip `model_cfg` for a small SigLIP-style CLIP whose text tower reads OUR token ids.
+
+    As SigLIP: no pre-transformer LayerNorm, sigmoid-loss logit scale log(10) and bias -10. Unlike
+    SigLIP's MAP head, the image embedding is the mean of the patch tokens ("avg"), which needs no
+    extra parameters at this size. The text tower is causal and pools the first eos token, so right
+    padding after eos cannot change the text embedding (open_clip's CLIP text tower has no pad mask).
+    Text ids must be exactly `context_length` long and contain an eos.
+    """
+    if width % heads:
+        raise ValueError(f"width {width} is not divisible by heads {heads}")
+    if image_size % patch_size:
+        raise ValueError(f"image_size {image_size} is not divisible by patch_size {patch_size}")
+    if layers < 2:
+        raise ValueError("the encoder needs at least 2 layers: the VLM reads the penultimate one")
+    return {
+        "embed_dim": embed_dim,
+        "init_logit_scale": math.log(10.0),
+        "init_logit_bias": -10.0,
+        "vision_cfg": {
+            "image_size": image_size,
+            "patch_size": patch_size,
+            "width": width,
+            "layers": layers,
+            "head_width": width // heads,
+            "mlp_ratio": 4.0,
+            "no_ln_pre": True,
+            "pool_type": "avg",
+            "norm_kwargs": {"eps": 1e-6},
+        },
+        "text_cfg": {
+            "context_length": context_length,
+            "vocab_size": vocab_size,
+            "width": width,
+            "heads": heads,
+            "layers": layers,
+            "mlp_ratio": 4.0,
+            "pad_id": pad_id,
+            "eos_id": eos_id,
+            "pool_type": "eos",
+            "proj_bias": True,
+            "norm_kwargs": {"eps": 1e-6},
+        },
+    }
+
+
+def preprocess_config(
+    size: int, mean: tuple[float, ...] = (0.5, 0.5, 0.5), std: tuple[float, ...] = (0.5, 0.5, 0.5)
+) -> dict:
+    """An open_clip preprocess_cfg; the defaults are SigLIP's normalisation."""
+    return {
+        "size": size,
+        "mean": list(mean),
+        "std": list(std),
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",
+    }
+
+
+def build_clip(model_cfg: dict) -> open_clip.CLIP:
+    """A randomly initialised open_clip CLIP from a model_cfg (nothing is downloaded)."""
+    cfg = copy.deepcopy(model_cfg)
+    cfg.pop("custom_text", None)
+    return open_clip.CLIP(**cfg)
+
+
+def save_clip(model: open_clip.CLIP, model_cfg: dict, out_dir: Path, preprocess_cfg: dict) -> None:
+    """Write open_clip's local-dir layout: open_clip_config.json and open_clip_model.safetensors."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pp = {"interpolation": "bicubic", "resize_mode": "shortest", **preprocess_cfg}
+    pp["mean"], pp["std"] = list(pp["mean"]), list(pp["std"])
+    config = {"model_cfg": model_cfg, "preprocess_cfg": pp}
+    (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out_dir / WEIGHTS_NAME))
+
+
+def load_clip(path: Path) -> tuple[nn.Module, dict]:
+    """Load an open_clip model and its preprocess_cfg from a local folder (never downloads).
+
+    The folder holds open_clip_config.json ({"model_cfg", "preprocess_cfg"}) and a weights file
+    (*.safetensors, *.bin or *.pth), as `save_clip` writes and as open_clip's hub folders ship.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"image encoder folder not found: {path}")
+    if not (path / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"image encoder folder {path} has no {CONFIG_NAME}")
+    if not any(any(path.glob(f"*.{ext}")) for ext in ("safetensors", "bin", "pth")):
+        raise FileNotFoundError(f"image encoder folder {path} has no weights (*.safetensors, *.bin, *.pth)")
+    model = open_clip.create_model("local-dir:" + str(path))
+    pp = dict(open_clip.get_model_preprocess_cfg(model))
+    if not isinstance(pp["size"], int):
+        pp["size"] = list(pp["size"])
+    pp["mean"], pp["std"] = list(pp["mean"]), list(pp["std"])
+    return model, pp
+
+
+def _resize(x: Tensor, size: tuple[int, int], interpolation: str) -> Tensor:
+    """Resize (B, 3, H, W) in [0, 1] so the shorter side fits, then centre-crop to `size`."""
+    h, w = size
+    if x.shape[-2:] == (h, w):
+        return x
+    scale = max(h / x.shape[-2], w / x.shape[-1])
+    new = (max(h, round(x.shape[-2] * scale)), max(w, round(x.shape[-1] * scale)))
+    x = F.interpolate(x, size=new, mode=interpolation, antialias=interpolation in ("bilinear", "bicubic"))
+    top, left = (new[0] - h) // 2, (new[1] - w) // 2
+    return x[..., top : top + h, left : left + w].clamp(0.0, 1.0)
+
+
+def image_tensor(images: list[Image.Image] | Tensor, preprocess_cfg: dict) -> Tensor:
+    """Images -> normalised float (B, 3, H, W) at the encoder's size.
+
+    `images` is a list of PIL images or a uint8 tensor, (B, 3, H, W) or channels-last (B, H, W, 3).
+    """
+    size = preprocess_cfg["size"]
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    mode = preprocess_cfg.get("interpolation", "bicubic")
+    if isinstance(images, Tensor):
+        if images.dtype != torch.uint8:
+            raise TypeError(f"image tensors must be uint8, got {images.dtype}")
+        x = images if images.dim() == 4 else images[None]
+        if x.shape[1] != 3 and x.shape[-1] == 3:
+            x = x.permute(0, 3, 1, 2)
+        x = _resize(x.float() / 255.0, size, mode)
+    else:
+        arrays = [torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1) for im in images]
+        x = torch.cat([_resize(a[None].float() / 255.0, size, mode) for a in arrays])
+    mean = torch.tensor(preprocess_cfg["mean"], dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess_cfg["std"], dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+class PatchEncoder(nn.Module):
+    """Penultimate-block patch tokens (no class token) of an open_clip ViT: (B, 3, H, W) -> (B, N, width).
+
+    Holds a copy of the visual tower cut after the penultimate block (its last block, final norm and
+    pooling head are dropped), so every parameter it holds is used and the CLIP model passed in is
+    left untouched. Works for open_clip's own VisionTransformer and for timm towers (real SigLIP).
+    """
+
+    def __init__(self, visual: nn.Module):
+        super().__init__()
+        self.visual = copy.deepcopy(visual)
+        self.frozen = False
+        if hasattr(self.visual, "trunk"):  # open_clip TimmModel
+            trunk = self.visual.trunk
+            n_blocks = len(trunk.blocks)
+            self._width, self._num_patches = trunk.embed_dim, trunk.patch_embed.num_patches
+            trunk.prune_intermediate_layers([n_blocks - 2], prune_norm=True, prune_head=True)
+            self.visual.head = nn.Identity()
+        elif hasattr(self.visual, "transformer"):  # open_clip VisionTransformer
+            n_blocks = len(self.visual.transformer.resblocks)
+            self._width = self.visual.transformer.width
+            self._num_patches = self.visual.grid_size[0] * self.visual.grid_size[1]
+            self.visual.prune_intermediate_layers([n_blocks - 2], prune_norm=True, prune_head=True)
+        else:
+            raise TypeError(f"PatchEncoder needs a ViT image tower, got {type(visual).__name__}")
+        if n_blocks < 2:
+            raise ValueError("the image tower needs at least 2 blocks to have a penultimate one")
+        self._index = n_blocks - 2
+
+    @property
+    def num_patches(self) -> int:
+        return self._num_patches
+
+    @property
+    def width(self) -> int:
+        return self._width
+
+    def freeze(self) -> PatchEncoder:
+        """No gradients, eval mode, and it stays in eval mode under `.train()`."""
+        self.requires_grad_(False)
+        self.frozen = True
+        return self.eval()
+
+    def train(self, mode: bool = True) -> PatchEncoder:
+        return super().train(mode and not self.frozen)
+
+    def forward(self, images: Tensor) -> Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            out = self.visual.forward_intermediates(
+                images, indices=[self._index], stop_early=True, intermediates_only=True, output_fmt="NLC"
+            )
+        return out["image_intermediates"][0]
+
+
+def clip_siglip_loss(model: nn.Module, images: Tensor, text_ids: Tensor) -> Tensor:
+    """open_clip's SigLipLoss of a SigLIP-style CLIP on one batch of matching (image, text) pairs.
+
+    The loss is local to this process's batch (no negatives exchanged across ranks).
+    """
+    context_length = getattr(model, "context_length", None)
+    if context_length is not None and text_ids.shape[1] != context_length:
+        raise ValueError(f"text_ids have length {text_ids.shape[1]}, the text tower expects {context_length}")
+    out = model(image=images, text=text_ids)
+    if isinstance(out, dict):
+        feats = out["image_features"], out["text_features"], out["logit_scale"], out.get("logit_bias")
+    else:
+        feats = (*out, None) if len(out) == 3 else tuple(out)
+    if feats[3] is None:
+        raise ValueError("clip_siglip_loss needs a model with a logit_bias (init_logit_bias in its config)")
+    return SigLipLoss()(*feats)

@@ -1,0 +1,133 @@
+"""Batches from the MDS shards: the collator, single and mixed StreamingDatasets, Composer DataSpecs."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from composer.core import DataSpec
+from PIL import Image
+from streaming import Stream, StreamingDataset
+from streaming.base.util import clean_stale_shared_memory
+from torch.utils.data import DataLoader
+
+TEXT, CAPTION, INSTRUCT = 0, 1, 2  # sample kinds, as counted by TokenShare
+KIND_NAMES = {TEXT: "text", CAPTION: "captions", INSTRUCT: "instruct"}
+
+
+def decode_image(data: bytes, blank: bool = False) -> Image.Image:
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    return Image.new("RGB", image.size, (128, 128, 128)) if blank else image
+
+
+class Collator:
+    """Turns shard samples into a right-padded batch.
+
+    Each sample's single [image] placeholder becomes `num_image_tokens` placeholders (loss 0), and
+    its image is decoded and preprocessed into `images` in sample order. `blank_images` replaces
+    every image by a uniform grey one: the control run of an honest world (design.md).
+    """
+
+    def __init__(
+        self,
+        ids: dict[str, int],
+        num_image_tokens: int = 0,
+        to_tensor: Callable[[list[Image.Image]], torch.Tensor] | None = None,
+        blank_images: bool = False,
+    ):
+        self.ids, self.n_img, self.to_tensor, self.blank = ids, num_image_tokens, to_tensor, blank_images
+
+    def expand(self, tokens: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(tokens, mask, has_image) with the placeholder repeated `num_image_tokens` times."""
+        (pos,) = np.nonzero(tokens == self.ids["image"])
+        if len(pos) == 0:
+            return tokens, mask, False
+        if len(pos) > 1 or self.n_img == 0 or self.to_tensor is None:
+            raise ValueError(f"sample has {len(pos)} image placeholders but the model takes {self.n_img} images")
+        p = int(pos[0])
+        tokens = np.concatenate([tokens[:p], np.full(self.n_img, self.ids["image"], tokens.dtype), tokens[p + 1 :]])
+        mask = np.concatenate([mask[:p], np.zeros(self.n_img, mask.dtype), mask[p + 1 :]])
+        return tokens, mask, True
+
+    def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        seqs, masks, images, kinds = [], [], [], []
+        for s in samples:
+            tokens, mask, has_image = self.expand(np.asarray(s["tokens"]), np.asarray(s["mask"]))
+            if has_image:
+                images.append(decode_image(s["image"], self.blank))
+            kinds.append(INSTRUCT if self.ids["user"] in tokens else CAPTION if has_image else TEXT)
+            seqs.append(tokens)
+            masks.append(mask)
+        length = max(len(t) for t in seqs)
+        input_ids = torch.full((len(seqs), length), self.ids["pad"], dtype=torch.long)
+        loss_mask = torch.zeros((len(seqs), length), dtype=torch.long)
+        for i, (t, m) in enumerate(zip(seqs, masks)):
+            input_ids[i, : len(t)] = torch.from_numpy(t.astype(np.int64))
+            loss_mask[i, : len(m)] = torch.from_numpy(m.astype(np.int64))
+        batch = {"input_ids": input_ids, "loss_mask": loss_mask, "kind": torch.tensor(kinds, dtype=torch.long)}
+        if images:
+            batch["images"] = self.to_tensor(images)
+        return batch
+
+
+def real_tokens(batch: dict, pad_id: int) -> torch.Tensor:
+    """(B,) number of non-pad tokens of each sample (image placeholders count as tokens)."""
+    return (batch["input_ids"] != pad_id).sum(dim=1)
+
+
+def dataset(folder: Path, split: str, batch_size: int, seed: int, shuffle: bool = True) -> StreamingDataset:
+    clean_stale_shared_memory()
+    return StreamingDataset(
+        local=str(folder), split=split, batch_size=batch_size, shuffle=shuffle, shuffle_seed=seed
+    )
+
+
+def mixed_dataset(parts: dict[Path, int], split: str, batch_size: int, seed: int, epoch_size: int):
+    """Stratified mix: every batch holds exactly `parts[folder]` samples of that source."""
+    clean_stale_shared_memory()
+    streams = [
+        Stream(local=str(folder), split=split, proportion=count / batch_size)
+        for folder, count in parts.items()
+        if count > 0
+    ]
+    return StreamingDataset(
+        streams=streams,
+        batch_size=batch_size,
+        batching_method="stratified",
+        shuffle=True,
+        shuffle_seed=seed,
+        epoch_size=epoch_size,
+    )
+
+
+def loader(ds: StreamingDataset, collate: Collator, batch_size: int) -> DataSpec:
+    dl = DataLoader(ds, batch_size=batch_size, collate_fn=collate, num_workers=0)
+    pad = collate.ids["pad"]
+    return DataSpec(
+        dl,
+        get_num_samples_in_batch=lambda b: int(b["input_ids"].shape[0]),
+        get_num_tokens_in_batch=lambda b: int(real_tokens(b, pad).sum()),
+    )
+
+
+class CaptionCollator:
+    """Caption shard samples -> {"images", "text"} for the SigLIP encoder's own training.
+
+    The text tower reads our token ids: the caption and its eos (the LM format's [bos] [image]
+    prefix dropped), cut or right-padded to `context_length` with eos kept last.
+    """
+
+    def __init__(self, ids: dict[str, int], context_length: int, to_tensor: Callable):
+        self.ids, self.context_length, self.to_tensor = ids, context_length, to_tensor
+
+    def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        text = torch.full((len(samples), self.context_length), self.ids["pad"], dtype=torch.long)
+        for i, s in enumerate(samples):
+            caption = np.asarray(s["tokens"])[2:-1][: self.context_length - 1]
+            ids = np.concatenate([caption, [self.ids["eos"]]]).astype(np.int64)
+            text[i, : len(ids)] = torch.from_numpy(ids)
+        images = self.to_tensor([decode_image(s["image"]) for s in samples])
+        return {"images": images, "text": text}
