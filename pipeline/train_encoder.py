@@ -64,7 +64,7 @@ def train_tiny(params: dict, seed: int) -> dict:
     trainer.close()
     with atomic_dir(ENCODER) as tmp:
         save_clip(clip.eval(), cfg, tmp, pp)
-    final = rows[max(rows)].get("loss")
+    final = next(rows[s]["loss"] for s in sorted(rows, reverse=True) if "loss" in rows[s])
     return {"source": "trained", "params": sum(p.numel() for p in clip.parameters()), "final_loss": final,
             "image_size": image_size}
 

@@ -36,7 +36,7 @@ COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
 POSITIONS = ("top left", "top right", "bottom left", "bottom right")  # cells of the 2x2 grid
 RGB = {"red": (220, 50, 40), "green": (40, 190, 70), "blue": (50, 100, 235), "yellow": (235, 215, 40)}
 BACKGROUND = (24, 24, 32)
-SIZE_FRACTION = {"small": (0.4, 0.5), "big": (0.7, 0.8)}  # object side as a share of a cell
+SIZE_FRACTION = {"small": (0.5, 0.6), "big": (0.85, 0.95)}  # object side as a share of a cell
 
 # Vision question kinds and their answer vocabularies; "exists" is the POPE-style yes/no probe.
 VISION_QUESTIONS = {
