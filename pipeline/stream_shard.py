@@ -21,7 +21,7 @@ RAW, TOKENS, OUT, METRICS = Path("data/raw"), Path("data/tokens"), Path("data/sh
 def main() -> None:
     params = P.load()
     seq_len = P.integer(params, "shard.seq_len", lo=8)
-    val_fraction = P.real(params, "shard.val_fraction", 0.0, 0.5)
+    val_fraction = P.real(params, "shard.val_fraction", 0.0, 0.5, lo_open=True)
     seed = P.integer(params, "seed", lo=0)
 
     t0 = time.time()

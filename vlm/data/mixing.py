@@ -35,7 +35,7 @@ def batch_counts(shares: dict[str, float], mean_tokens: dict[str, float], batch_
         rest = batch_size - sum(combo)
         if rest < 1:
             continue
-        counts = dict(zip(active, (*combo, rest)))
+        counts = dict(zip(active, (*combo, rest), strict=True))
         realised = token_shares(counts, mean_tokens)
         err = max(abs(realised[k] - shares[k]) for k in active)
         if err < best_err:

@@ -76,10 +76,10 @@ def write_shards(
                     n += 1
                     tokens += len(sample["tokens"])
                     images += bool(sample["image"])
-            if split == "train" and n == 0:
+            if n == 0:
                 raise ValueError(
-                    f"source `{name}`: no training samples after the split (records: {len(sources[name])}, "
-                    f"seq_len {seq_len}); add data or lower shard.seq_len / shard.val_fraction"
+                    f"source `{name}`: the {split} split is empty (records: {len(sources[name])}, seq_len "
+                    f"{seq_len}, val_fraction {val_fraction}); add data or change shard.seq_len / shard.val_fraction"
                 )
             stats[f"{name}/{split}"] = {
                 "samples": n,

@@ -17,7 +17,7 @@ CONTRACTIONS = {
     "whats": "what's", "wont": "won't", "wouldnt": "wouldn't", "youre": "you're", "im": "i'm",
 }
 PUNCTUATION = set(";/[]\"{}()=+\\_-><@`,?!*#%^&$")
-_PERIOD = re.compile(r"(?<!\d)\.(?!\d)")  # a full stop, not a decimal point
+_PERIOD = re.compile(r"\.(?!\d)")  # a full stop, not a decimal point (as the official script)
 _COMMA_NUMBER = re.compile(r"(\d)(,)(\d)")
 
 

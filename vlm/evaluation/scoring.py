@@ -84,7 +84,7 @@ def score_vqa(model, collate, codec, items: list[dict], load_image, batch_size: 
     for chunk in batches(items, batch_size):
         preds = generate(model, collate, codec, [it["question"] for it in chunk],
                          [load_image(it["image"]) for it in chunk], max_new_tokens)
-        for it, pred in zip(chunk, preds):
+        for it, pred in zip(chunk, preds, strict=True):
             scores.append(vqa_accuracy(pred, it["answers"]))
             examples.append((it["question"], pred, it["multiple_choice_answer"]))
     return {"accuracy": float(np.mean(scores)), "examples": examples[:3]}
@@ -95,7 +95,7 @@ def score_pope(model, collate, codec, items: list[dict], load_image, batch_size:
     for chunk in batches(items, batch_size):
         preds = generate(model, collate, codec, [it["text"] for it in chunk],
                          [load_image(it["image"]) for it in chunk], max_new_tokens)
-        for it, pred in zip(chunk, preds):
+        for it, pred in zip(chunk, preds, strict=True):
             words = normalize_answer(pred).split()
             answer = words[0] if words else ""
             hits.append(answer == it["label"])

@@ -64,7 +64,7 @@ class Collator:
         length = max(len(t) for t in seqs)
         input_ids = torch.full((len(seqs), length), self.ids["pad"], dtype=torch.long)
         loss_mask = torch.zeros((len(seqs), length), dtype=torch.long)
-        for i, (t, m) in enumerate(zip(seqs, masks)):
+        for i, (t, m) in enumerate(zip(seqs, masks, strict=True)):
             input_ids[i, : len(t)] = torch.from_numpy(t.astype(np.int64))
             loss_mask[i, : len(m)] = torch.from_numpy(m.astype(np.int64))
         batch = {"input_ids": input_ids, "loss_mask": loss_mask, "kind": torch.tensor(kinds, dtype=torch.long)}

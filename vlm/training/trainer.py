@@ -46,7 +46,9 @@ def make_trainer(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = DecoupledAdamW(params, lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=weight_decay)
     device, precision = device_and_precision()
-    evaluators = Evaluator(label="val", dataloader=eval_data, metric_names=["LanguageCrossEntropy"]) if eval_data else None
+    evaluators = None
+    if eval_data is not None:
+        evaluators = Evaluator(label="val", dataloader=eval_data, metric_names=["LanguageCrossEntropy"])
     return Trainer(
         model=model,
         train_dataloader=train,
