@@ -118,6 +118,8 @@ def test_full_repro_ends_in_metrics_for_every_phase(tiny):
         assert header[:3] == ["step", "loss", "lr"]
     shown = run(tiny, "dvc", "metrics", "show", "--json").stdout
     assert "vision_stable" in shown
+    plots = run(tiny, "dvc", "plots", "show", "--json").stdout
+    assert "training loss" in plots and "cooldown image token share" in plots
 
 
 def test_a_second_repro_does_nothing(tiny):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from composer.core import State, Timestamp
 from composer.devices import DeviceCPU
 
@@ -106,3 +108,23 @@ def test_cooldown_scheduler_matches_plan(branch_lr, mode):
     got = [m * plan.peak_lr for m in multipliers(plan.scheduler(), total, steps)]
     assert got == pytest.approx([plan.lr(k, total) for k in steps], abs=1e-12)
     assert got[0] == (0.0 if mode == "rewarm" else pytest.approx(branch_lr))
+
+
+@pytest.mark.parametrize("fraction, mode", [(0.0, "rewarm"), (0.6, "continue"), (1.0, "rewarm")])
+def test_the_study_lr_rule_on_the_default_params(fraction, mode):
+    """The default params.yaml: branches at 0% and 100% re-warm, 60% continues from the main schedule."""
+    params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    pt, cd = params["pretrain"], params["cooldown"]
+    step = round(fraction * pt["steps"])
+    branch_lr = warmup_cosine(step, pt["steps"], pt["lr"], pt["warmup_steps"], pt["final_lr_ratio"])
+    plan = cooldown_plan(branch_lr, cd["min_continue_lr"], cd["rewarm_lr"], cd["warmup_steps"], cd["final_lr_ratio"])
+    assert plan.mode == mode
+    total = cd["steps"]
+    if mode == "continue":  # cosine from the branch LR down to branch LR * final ratio, no warmup
+        assert plan.lr(0, total) == pytest.approx(branch_lr)
+        half = branch_lr * (cd["final_lr_ratio"] + (1 - cd["final_lr_ratio"]) * 0.5)
+        assert plan.lr(total // 2, total) == pytest.approx(half, rel=1e-6)
+    else:  # linear warmup to the re-warm peak, then cosine
+        assert plan.lr(0, total) == 0.0
+        assert plan.lr(cd["warmup_steps"], total) == pytest.approx(cd["rewarm_lr"])
+    assert plan.lr(total, total) == pytest.approx(plan.peak_lr * cd["final_lr_ratio"])
