@@ -7,7 +7,8 @@ schedule's LR there), so changing the fraction re-runs from here on and never th
 
 from __future__ import annotations
 
-from pipeline.common import BRANCH, PRETRAIN, codec, composer_weights, new_lm
+from pipeline.common import codec, composer_weights, new_lm
+from pipeline.paths import BRANCH, PRETRAIN
 from vlm import params as P
 from vlm.io import atomic_dir, read_json, write_json
 from vlm.model import store

@@ -1,4 +1,4 @@
-"""Paths of the data products and small helpers the stage entry points share."""
+"""Helpers the training and evaluation entry points share."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.paths import TOKENS
 from vlm.data.tokenizer import Codec
 from vlm.model.lm import LM, lm_config
 from vlm.model.vision import image_tensor, load_clip
@@ -14,14 +15,6 @@ from vlm.model.vlm import VLM, build_vlm
 from vlm.training.data import Collator
 from vlm.training.trainer import seed_everything
 
-RAW = Path("data/raw")
-TOKENS = Path("data/tokens")
-SHARDS = Path("data/shards")
-ENCODER = Path("data/encoder")
-PRETRAIN = Path("data/pretrain")
-BRANCH = Path("data/branch")
-COOLDOWN = Path("data/cooldown")
-FINETUNE = Path("data/finetune")
 MAX_SEQ_LEN = 2048  # RoPE table size; every stage's sequences stay below it
 
 

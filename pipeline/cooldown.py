@@ -13,7 +13,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pipeline.common import BRANCH, COOLDOWN, ENCODER, SHARDS, build_vlm_from, codec, image_collator
+from pipeline.common import build_vlm_from, codec, image_collator
+from pipeline.paths import BRANCH, COOLDOWN, ENCODER, SHARDS
 from vlm import params as P
 from vlm.data.mixing import batch_counts, token_shares
 from vlm.io import atomic_dir, read_json, write_json

@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pipeline.common import COOLDOWN, ENCODER, FINETUNE, PRETRAIN, RAW, codec, composer_weights, image_collator, new_lm
+from pipeline.common import codec, composer_weights, image_collator, new_lm
+from pipeline.paths import COOLDOWN, ENCODER, FINETUNE, PRETRAIN, RAW
 from vlm import params as P
 from vlm.data import readers
 from vlm.evaluation.metrics import stable_score, summarise

@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pipeline.common import COOLDOWN, ENCODER, FINETUNE, SHARDS, codec, image_collator
+from pipeline.common import codec, image_collator
+from pipeline.paths import COOLDOWN, ENCODER, FINETUNE, SHARDS
 from vlm import params as P
 from vlm.io import atomic_dir, write_json
 from vlm.model import store

@@ -7,15 +7,13 @@ metrics/shards.json (samples and tokens per source and split).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
+from pipeline.paths import METRICS, RAW, SHARDS, TOKENS
 from vlm import params as P
 from vlm.data.shards import SOURCES, write_shards
 from vlm.data.tokenizer import Codec
 from vlm.data.tokens import Ragged
 from vlm.io import atomic_dir, write_json
-
-RAW, TOKENS, OUT, METRICS = Path("data/raw"), Path("data/tokens"), Path("data/shards"), Path("metrics/shards.json")
 
 
 def main() -> None:
@@ -28,10 +26,10 @@ def main() -> None:
     codec = Codec.from_file(TOKENS / "tokenizer.json")
     sources = {name: Ragged.load(TOKENS, name) for name in SOURCES}
     print(f"stream-shard: writing MDS shards (seq_len {seq_len}, val {val_fraction:.0%}) ...", flush=True)
-    with atomic_dir(OUT) as tmp:
+    with atomic_dir(SHARDS) as tmp:
         stats = write_shards(sources, codec, RAW, tmp, seq_len, val_fraction, seed)
         write_json(tmp / "stats.json", stats)
-    write_json(METRICS, stats)
+    write_json(METRICS / "shards.json", stats)
     print(f"stream-shard: done in {time.time() - t0:.1f}s", flush=True)
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from composer.core import Event
 
-from pipeline.common import PRETRAIN, SHARDS, codec, new_lm
+from pipeline.common import codec, new_lm
+from pipeline.paths import PRETRAIN, SHARDS
 from vlm import params as P
 from vlm.io import atomic_dir, write_json
 from vlm.training.composer_model import ComposerLM

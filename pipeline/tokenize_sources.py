@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
+from pipeline.paths import METRICS, RAW, TOKENS
 from vlm import params as P
 from vlm.data import readers
 from vlm.data.tokenizer import MIN_VOCAB, Codec, load_tokenizer, train_tokenizer
 from vlm.data.tokens import encode_sources, token_counts
 from vlm.io import atomic_dir, write_json
-
-RAW, OUT, METRICS = Path("data/raw"), Path("data/tokens"), Path("metrics/tokens.json")
 
 
 def main() -> None:
@@ -40,13 +38,13 @@ def main() -> None:
 
     print("tokenize: encoding sources ...", flush=True)
     sources = encode_sources(codec, texts, captions, convs)
-    with atomic_dir(OUT) as tmp:
+    with atomic_dir(TOKENS) as tmp:
         tok.save(str(tmp / "tokenizer.json"))
         for name, ragged in sources.items():
             ragged.save(tmp, name)
     counts = token_counts(sources)
     counts["vocab_size"] = codec.vocab_size
-    write_json(METRICS, counts)
+    write_json(METRICS / "tokens.json", counts)
     summary = ", ".join(f"{k} {v['tokens']}" for k, v in counts.items() if isinstance(v, dict))
     print(f"tokenize: done in {time.time() - t0:.1f}s; tokens: {summary}", flush=True)
 

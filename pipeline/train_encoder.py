@@ -15,7 +15,8 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from pipeline.common import ENCODER, SHARDS, codec
+from pipeline.common import codec
+from pipeline.paths import ENCODER, SHARDS
 from vlm import params as P
 from vlm.io import atomic_dir, write_json
 from vlm.model.vision import build_clip, image_tensor, load_clip, preprocess_config, save_clip, tiny_clip_config

@@ -144,3 +144,23 @@ def test_loader_counts_samples_and_real_tokens():
     batch = next(iter(spec.dataloader))
     assert spec.get_num_samples_in_batch(batch) == 3
     assert spec.get_num_tokens_in_batch(batch) == 3 + (5 + N_IMG - 1) + 6
+
+
+def test_microbatches_carry_exactly_their_rows_images():
+    ids = {"bos": 0, "eos": 1, "pad": 2, "image": 3, "user": 4, "assistant": 5}
+    collate = Collator(ids, num_image_tokens=2, to_tensor=lambda imgs: torch.stack(
+        [torch.full((3, 1, 1), float(img.getpixel((0, 0))[0])) for img in imgs]))
+    text = {"tokens": np.array([0, 9, 9, 1], np.int32), "mask": np.ones(4, np.uint8), "image": b""}
+
+    def caption(red: int) -> dict:
+        buf = io.BytesIO()
+        Image.new("RGB", (2, 2), (red, 0, 0)).save(buf, format="PNG")
+        return {"tokens": np.array([0, 3, 9, 1], np.int32), "mask": np.array([0, 0, 1, 1], np.uint8),
+                "image": buf.getvalue()}
+
+    batch = collate([caption(10), text, caption(20), caption(30), text])
+    parts = collate.split(batch, 2)
+    assert [p["input_ids"].shape[0] for p in parts] == [2, 2, 1]
+    assert [p["images"][:, 0, 0, 0].tolist() for p in parts[:2]] == [[10.0], [20.0, 30.0]]
+    assert "images" not in parts[2]
+    assert torch.equal(torch.cat([p["input_ids"] for p in parts]), batch["input_ids"])

@@ -22,6 +22,8 @@ from vlm.training.schedules import warmup_cosine
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+                "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"}  # `dvc exp` commits
 STAGES = ["prepare", "tokenize", "stream-shard", "train-encoder", "text-pretrain", "branch-at-fraction",
           "mixed-cooldown", "finetune", "evaluate"]
 
@@ -46,7 +48,7 @@ def merge(base: dict, over: dict) -> dict:
 
 
 def run(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(cwd)}
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(cwd), **GIT_IDENTITY}
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
         out = f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
@@ -245,3 +247,21 @@ def test_data_stages_are_bit_for_bit_deterministic_and_tokenize_params_skip_prep
     assert lock_outs(other, data) == lock_outs(tiny, data)
     set_params(other, **{"tokenize.vocab_size": 420})
     assert ran(run(other, "dvc", "repro", "stream-shard")) == ["tokenize", "stream-shard"]
+
+
+def test_a_local_pretrained_open_clip_folder_is_loaded_instead_of_training(tmp_path):
+    from vlm.model.vision import build_clip, preprocess_config, save_clip, tiny_clip_config
+
+    ckpt = tmp_path / "my-siglip"
+    cfg = tiny_clip_config(32, 16, 32, 2, 2, 32, vocab_size=64, context_length=8, pad_id=2, eos_id=1)
+    save_clip(build_clip(cfg), cfg, ckpt, preprocess_config(32))
+    repo = make_repo(tmp_path / "repo", **{"vision.pretrained": str(ckpt)})
+    run(repo, "python", "-m", "pipeline.train_encoder")
+    for name in ("open_clip_config.json", "open_clip_model.safetensors"):
+        assert (repo / "data/encoder" / name).read_bytes() == (ckpt / name).read_bytes()
+    assert json.loads((repo / "metrics/encoder.json").read_text())["source"] == str(ckpt)
+
+    set_params(repo, **{"vision.pretrained": str(tmp_path / "missing")})
+    proc = run(repo, "python", "-m", "pipeline.train_encoder", check=False)
+    assert proc.returncode != 0 and "vision.pretrained" in proc.stderr
+    assert (repo / "data/encoder/open_clip_model.safetensors").exists()  # the old output is untouched

@@ -73,6 +73,22 @@ class Collator:
         return batch
 
 
+    def split(self, batch: dict, microbatch_size: int) -> list[dict]:
+        """Composer microbatches: rows in chunks, each with exactly the images of its rows."""
+        n = batch["input_ids"].shape[0]
+        has_image = (batch["input_ids"] == self.ids["image"]).any(dim=1).long()
+        first_image = torch.cumsum(has_image, 0) - has_image  # index of each row's image in `images`
+        out = []
+        for start in range(0, n, microbatch_size):
+            stop = min(start + microbatch_size, n)
+            part = {k: v[start:stop] for k, v in batch.items() if k != "images"}
+            if "images" in batch and int(has_image[start:stop].sum()):
+                lo = int(first_image[start])
+                part["images"] = batch["images"][lo : lo + int(has_image[start:stop].sum())]
+            out.append(part)
+        return out
+
+
 def real_tokens(batch: dict, pad_id: int) -> torch.Tensor:
     """(B,) number of non-pad tokens of each sample (image placeholders count as tokens)."""
     return (batch["input_ids"] != pad_id).sum(dim=1)
@@ -108,6 +124,7 @@ def loader(ds: StreamingDataset, collate: Collator, batch_size: int) -> DataSpec
     pad = collate.ids["pad"]
     return DataSpec(
         dl,
+        split_batch=collate.split,
         get_num_samples_in_batch=lambda b: int(b["input_ids"].shape[0]),
         get_num_tokens_in_batch=lambda b: int(real_tokens(b, pad).sum()),
     )

@@ -1,0 +1,14 @@
+"""Where each stage's products live (the `outs` of dvc.yaml). No heavy imports here."""
+
+from pathlib import Path
+
+RAW = Path("data/raw")
+TOKENS = Path("data/tokens")
+SHARDS = Path("data/shards")
+ENCODER = Path("data/encoder")
+PRETRAIN = Path("data/pretrain")
+BRANCH = Path("data/branch")
+COOLDOWN = Path("data/cooldown")
+FINETUNE = Path("data/finetune")
+METRICS = Path("metrics")
+LOGS = Path("logs")
