@@ -37,7 +37,8 @@ def left_pad(seqs: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.T
 def generate(model, collate: Collator, codec: Codec, questions: list[str], images: list[Image.Image],
              max_new_tokens: int) -> list[str]:
     """Greedy answers of a VLM to one question about each image."""
-    seqs = [collate.expand(np.array(codec.prompt(f"{IMAGE_MARK}\n{q}")), np.zeros(1))[0] for q in questions]
+    prompts = [np.array(codec.prompt(f"{IMAGE_MARK}\n{q}")) for q in questions]
+    seqs = [collate.expand(p, np.zeros_like(p))[0] for p in prompts]
     ids, mask = left_pad(seqs, codec.ids["pad"])
     pixels = collate.to_tensor(images).to(next(model.parameters()).device)
     eos = codec.ids["eos"]
