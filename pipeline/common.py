@@ -10,7 +10,7 @@ import torch
 from pipeline.paths import TOKENS
 from vlm.data.tokenizer import Codec
 from vlm.model.lm import LM, lm_config
-from vlm.model.vision import image_tensor, load_clip
+from vlm.model.vision import image_tensor, load_clip, preprocess_cfg_of
 from vlm.model.vlm import VLM, build_vlm
 from vlm.training.data import Collator
 from vlm.training.trainer import seed_everything
@@ -37,9 +37,9 @@ def build_vlm_from(lm: LM, encoder_dir: Path, cdc: Codec, freeze: bool, seed: in
     return vlm
 
 
-def image_collator(cdc: Codec, vlm: VLM, encoder_dir: Path, blank: bool = False) -> Collator:
-    """A Collator that expands image placeholders for `vlm` and preprocesses images its way."""
-    _, pp = load_clip(encoder_dir)
+def image_collator(cdc: Codec, vlm: VLM, blank: bool = False) -> Collator:
+    """A Collator that expands image placeholders for `vlm` and preprocesses images as its encoder expects."""
+    pp = preprocess_cfg_of(vlm.encoder.visual)
     to_tensor = functools.partial(image_tensor, preprocess_cfg=pp)
     return Collator(cdc.ids, vlm.num_image_tokens, to_tensor, blank_images=blank)
 

@@ -74,7 +74,7 @@ def main() -> None:
         flush=True,
     )
     ds = mixed_dataset({SHARDS / k: n for k, n in counts.items()}, "train", batch, seed, steps * batch)
-    collate = image_collator(cdc, vlm, ENCODER, blank=bool(blank))
+    collate = image_collator(cdc, vlm, blank=bool(blank))
     share = TokenShare(cdc.ids["pad"])
     t0 = time.time()
     trainer = make_trainer(

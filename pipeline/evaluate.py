@@ -74,7 +74,7 @@ def main() -> None:
     phases = {"text_pretrain": evaluate_phase(tasks, cdc, text_lm.eval())}
     for phase, folder in (("cooldown", COOLDOWN), ("finetune", FINETUNE)):
         vlm = store.load_vlm(folder, ENCODER).eval()
-        collate = image_collator(cdc, vlm, ENCODER, blank=blank)
+        collate = image_collator(cdc, vlm, blank=blank)
         phases[phase] = evaluate_phase(tasks, cdc, vlm.lm, vlm, collate, batch_size, max_new)
         print(f"evaluate: {phase}: " + ", ".join(
             f"{n} {phases[phase][n]['accuracy']:.3f}" for n in tasks if n in phases[phase]), flush=True)

@@ -39,7 +39,7 @@ def main() -> None:
     vlm = store.load_vlm(COOLDOWN, ENCODER, freeze_encoder=freeze)
     seed_everything(seed)
     ds = dataset(SHARDS / "instruct", "train", batch, seed)
-    train = loader(ds, image_collator(cdc, vlm, ENCODER, blank=blank), batch)
+    train = loader(ds, image_collator(cdc, vlm, blank=blank), batch)
     print(f"finetune: {len(ds)} conversations x {epochs} epochs, batch {batch}", flush=True)
     t0 = time.time()
     trainer = make_trainer(

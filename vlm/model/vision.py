@@ -128,11 +128,16 @@ def load_clip(path: Path) -> tuple[nn.Module, dict]:
     if not any(any(path.glob(f"*.{ext}")) for ext in ("safetensors", "bin", "pth")):
         raise FileNotFoundError(f"image encoder folder {path} has no weights (*.safetensors, *.bin, *.pth)")
     model = open_clip.create_model("local-dir:" + str(path))
+    return model, preprocess_cfg_of(model)
+
+
+def preprocess_cfg_of(model: nn.Module) -> dict:
+    """The preprocess_cfg open_clip attached to a model (or its visual tower) when loading it."""
     pp = dict(open_clip.get_model_preprocess_cfg(model))
     if not isinstance(pp["size"], int):
         pp["size"] = list(pp["size"])
     pp["mean"], pp["std"] = list(pp["mean"]), list(pp["std"])
-    return model, pp
+    return pp
 
 
 def _resize(x: Tensor, size: tuple[int, int], interpolation: str) -> Tensor:
