@@ -8,6 +8,7 @@ the fine-tuned model's.
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from vlm.model import store
 
 EVAL, METRICS, EXAMPLES = RAW / "eval", Path("metrics/eval.json"), Path("logs/eval_examples.json")
 VISION_TASKS, TEXT_TASKS = ("vqa", "pope"), ("text_mc",)
+load_image = functools.cache(readers.load_image)  # each eval image is decoded once, not once per phase
 
 
 def load_tasks() -> dict:
@@ -49,9 +51,9 @@ def evaluate_phase(tasks: dict, cdc, lm, vlm=None, collate=None, batch_size=64, 
         elif vlm is None:
             continue
         elif task["kind"] == "vqa":
-            result = score_vqa(vlm, collate, cdc, task["items"], readers.load_image, batch_size, max_new_tokens)
+            result = score_vqa(vlm, collate, cdc, task["items"], load_image, batch_size, max_new_tokens)
         else:
-            result = score_pope(vlm, collate, cdc, task["items"], readers.load_image, batch_size, max_new_tokens)
+            result = score_pope(vlm, collate, cdc, task["items"], load_image, batch_size, max_new_tokens)
         result["chance"] = task["chance"]
         result["stable"] = stable_score(result["accuracy"], task["chance"])
         scores[name] = result

@@ -17,6 +17,7 @@ from pipeline.common import codec, new_lm
 from pipeline.paths import PRETRAIN, SHARDS
 from vlm import params as P
 from vlm.io import atomic_dir, write_json
+from vlm.model.lm import num_params
 from vlm.training.composer_model import ComposerLM
 from vlm.training.data import Collator, dataset, loader
 from vlm.training.schedules import warmup_cosine, warmup_cosine_scheduler
@@ -65,7 +66,7 @@ def main() -> None:
     val = loader(dataset(SHARDS / "text", "val", batch, seed, shuffle=False), collate, batch)
     tokens_per_step = batch * seq_len
     print(
-        f"text-pretrain: {preset} LM, {sum(p.numel() for p in lm.parameters()):,} params, {steps} steps x "
+        f"text-pretrain: {preset} LM, {num_params(lm):,} params, {steps} steps x "
         f"{tokens_per_step} tokens = {steps * tokens_per_step:,} tokens; checkpoints at steps {sorted(save_at)}",
         flush=True,
     )

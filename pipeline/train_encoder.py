@@ -19,6 +19,7 @@ from pipeline.common import codec
 from pipeline.paths import ENCODER, SHARDS
 from vlm import params as P
 from vlm.io import atomic_dir, write_json
+from vlm.model.lm import num_params
 from vlm.model.vision import build_clip, image_tensor, load_clip, preprocess_config, save_clip, tiny_clip_config
 from vlm.training.composer_model import ComposerCLIP
 from vlm.training.data import CaptionCollator, dataset
@@ -35,7 +36,7 @@ def copy_pretrained(path: Path) -> dict:
         for f in path.iterdir():
             if f.is_file():
                 shutil.copy2(f, tmp / f.name)
-    return {"source": str(path), "params": sum(p.numel() for p in model.parameters()), "image_size": pp["size"]}
+    return {"source": str(path), "params": num_params(model), "image_size": pp["size"]}
 
 
 def train_tiny(params: dict, seed: int) -> dict:
@@ -55,7 +56,7 @@ def train_tiny(params: dict, seed: int) -> dict:
     batch = tiny["batch_size"]
     collate = CaptionCollator(cdc.ids, CONTEXT_LENGTH, functools.partial(image_tensor, preprocess_cfg=pp))
     train = DataLoader(dataset(SHARDS / "captions", "train", batch, seed), batch_size=batch, collate_fn=collate)
-    print(f"train-encoder: tiny SigLIP-style open_clip model, {sum(p.numel() for p in clip.parameters()):,} "
+    print(f"train-encoder: tiny SigLIP-style open_clip model, {num_params(clip):,} "
           f"params, {tiny['steps']} steps of {batch} image-caption pairs", flush=True)
     trainer = make_trainer(ComposerCLIP(clip), train, f"{tiny['steps']}ba", lr,
                            warmup_cosine_scheduler(max(tiny["steps"] // 10, 1), 0.1), CURVES, seed,
@@ -66,7 +67,7 @@ def train_tiny(params: dict, seed: int) -> dict:
     with atomic_dir(ENCODER) as tmp:
         save_clip(clip.eval(), cfg, tmp, pp)
     final = next(rows[s]["loss"] for s in sorted(rows, reverse=True) if "loss" in rows[s])
-    return {"source": "trained", "params": sum(p.numel() for p in clip.parameters()), "final_loss": final,
+    return {"source": "trained", "params": num_params(clip), "final_loss": final,
             "image_size": image_size}
 
 

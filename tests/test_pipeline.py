@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,17 @@ def set_params(repo: Path, **dotted) -> None:
             node = node[p]
         node[last] = value
     path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@contextmanager
+def changed_params(repo: Path, **dotted):
+    """params.yaml with some values changed, restored afterwards."""
+    original = (repo / "params.yaml").read_text()
+    try:
+        set_params(repo, **dotted)
+        yield
+    finally:
+        (repo / "params.yaml").write_text(original)
 
 
 def make_repo(dst: Path, **overrides) -> Path:
@@ -180,36 +192,24 @@ def test_realised_image_token_ratio_is_within_two_points(tiny):
 )
 def test_a_param_change_starts_at_the_stage_that_reads_it(tiny, change, first):
     """`--dry` lists the stages whose own params or deps changed; what follows re-runs as outputs change."""
-    original = (tiny / "params.yaml").read_text()
-    try:
-        set_params(tiny, **change)
+    with changed_params(tiny, **change):
         assert would_run(tiny) == [first]
-    finally:
-        (tiny / "params.yaml").write_text(original)
     assert would_run(tiny) == []
 
 
 def test_bad_branch_fraction_fails_before_work_and_keeps_the_old_branch(tiny):
-    original = (tiny / "params.yaml").read_text()
     before = (tiny / "data/branch/model.safetensors").read_bytes()
-    try:
-        set_params(tiny, **{"branch.fraction": 0.5})
+    with changed_params(tiny, **{"branch.fraction": 0.5}):
         proc = run(tiny, "python", "-m", "pipeline.branch", check=False)
-    finally:
-        (tiny / "params.yaml").write_text(original)
     assert proc.returncode != 0
     assert "branch.fraction" in proc.stderr and "[0.0, 0.2, 0.4, 0.6, 0.8, 1.0]" in proc.stderr
     assert (tiny / "data/branch/model.safetensors").read_bytes() == before
 
 
 def test_vocab_smaller_than_the_special_tokens_fails_before_work(tiny):
-    original = (tiny / "params.yaml").read_text()
     before = (tiny / "data/tokens/tokenizer.json").read_bytes()
-    try:
-        set_params(tiny, **{"tokenize.vocab_size": 100})
+    with changed_params(tiny, **{"tokenize.vocab_size": 100}):
         proc = run(tiny, "python", "-m", "pipeline.tokenize_sources", check=False)
-    finally:
-        (tiny / "params.yaml").write_text(original)
     assert proc.returncode != 0 and "tokenize.vocab_size" in proc.stderr
     assert "reading" not in proc.stdout  # failed before touching the data
     assert (tiny / "data/tokens/tokenizer.json").read_bytes() == before

@@ -9,6 +9,7 @@ import torch
 from composer.core import Callback, State
 from composer.loggers import Logger, LoggerDestination
 
+from vlm.model.lm import num_params
 from vlm.training.data import KIND_NAMES, real_tokens
 
 # CSV column -> the name Composer (or TokenShare) logs it under
@@ -74,4 +75,4 @@ class TokenShare(Callback):
 
 def count_params(module: torch.nn.Module) -> dict[str, int]:
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    return {"params": sum(p.numel() for p in module.parameters()), "trainable_params": trainable}
+    return {"params": num_params(module), "trainable_params": trainable}
