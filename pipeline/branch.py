@@ -1,35 +1,33 @@
-"""DVC stage `branch-at-fraction`: pick the text-run checkpoint at `branch.fraction`.
+"""DVC stage `branch-at-fraction`: pick the text run's weights at `branch.fraction`.
 
-0.0 means from scratch (the text run's own initial weights, same seed); any other value must be a
-saved branch point. Writes data/branch/ (LM weights + branch.json: step, tokens seen and the main
-schedule's LR there), so changing the fraction re-runs from here on and never the text run.
+0.0 means from scratch (the text run's own initial weights, same seed); any other value is a
+saved branch point (checked with the params). Writes data/branch/ (LM weights + branch.json: step,
+tokens seen and the main schedule's LR there), so changing the fraction re-runs from here on and
+never the text run.
 """
 
 from __future__ import annotations
 
-from pipeline.common import codec, composer_weights, new_lm
+from pipeline.common import codec, new_lm
 from pipeline.paths import BRANCH, PRETRAIN
-from vlm import params as P
+from vlm.config import Config
 from vlm.io import atomic_dir, read_json, write_json
 from vlm.model import store
 from vlm.training.schedules import warmup_cosine
 
 
-def main() -> None:
-    params = P.load()
-    fraction = P.fraction(params, "branch.fraction")
+def run(cfg: Config) -> None:
+    fraction = cfg.branch.fraction
     schedule = read_json(PRETRAIN / "schedule.json")
     points = {float(f): s for f, s in schedule["branch_points"].items()}
-    valid = sorted({0.0, *points})
-    if not any(abs(fraction - f) < 1e-9 for f in valid):
-        raise P.ParamError(
-            f"params.yaml: `branch.fraction` {fraction} is not a saved branch point; valid values: {valid} "
-            "(0.0 = from scratch; add it to `pretrain.branch_points` to branch elsewhere)"
-        )
+    if fraction and not any(abs(fraction - f) < 1e-9 for f in points):  # data/pretrain from other params
+        raise ValueError(f"{PRETRAIN}/schedule.json has no branch point {fraction} (it has {sorted(points)}); "
+                         "re-run text-pretrain")
     step = 0 if fraction == 0 else points[min(points, key=lambda f: abs(f - fraction))]
-    lm = new_lm(schedule["preset"], codec().vocab_size, schedule["seed"])
     if step:
-        lm.load_state_dict(composer_weights(PRETRAIN / "checkpoints" / f"ba{step}.pt"))
+        lm = store.load_lm(PRETRAIN / f"ba{step}")
+    else:
+        lm = new_lm(schedule["preset"], codec().vocab_size, schedule["seed"])
     info = {
         "fraction": fraction,
         "step": step,
@@ -43,7 +41,3 @@ def main() -> None:
         write_json(tmp / "branch.json", info)
     print(f"branch-at-fraction: {fraction:.0%} -> step {step}, {info['tokens_seen']:,} tokens, "
           f"main-schedule LR {info['lr']:.3g}", flush=True)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,21 +1,24 @@
-"""Helpers the training and evaluation entry points share."""
+"""Helpers the stage entry points share."""
 
 from __future__ import annotations
 
 import functools
 from pathlib import Path
 
-import torch
+import yaml
 
-from pipeline.paths import TOKENS
+from pipeline.paths import LOGS, METRICS, TIMINGS, TOKENS
+from vlm.config import MAX_SEQ_LEN, Config, section
 from vlm.data.tokenizer import Codec
+from vlm.io import write_json
 from vlm.model.lm import LM, lm_config
 from vlm.model.vision import image_tensor, load_clip, preprocess_cfg_of
 from vlm.model.vlm import VLM, build_vlm
 from vlm.training.data import Collator
+from vlm.training.resume import Resume, fingerprint
 from vlm.training.trainer import seed_everything
 
-MAX_SEQ_LEN = 2048  # RoPE table size; every stage's sequences stay below it
+DVC_FILE = Path("dvc.yaml")
 
 
 def codec() -> Codec:
@@ -44,7 +47,19 @@ def image_collator(cdc: Codec, vlm: VLM, blank: bool = False) -> Collator:
     return Collator(cdc.ids, vlm.num_image_tokens, to_tensor, blank_images=blank)
 
 
-def composer_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
-    """The model weights inside a Composer checkpoint, without the adapter's `module.` prefix."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state"]["model"]
-    return {k.removeprefix("module."): v for k, v in state.items()}
+def resume_for(stage: str, cfg: Config) -> Resume:
+    """Where `stage` keeps its resume checkpoints: keyed by the params and deps dvc.yaml gives it."""
+    spec = yaml.safe_load(DVC_FILE.read_text())["stages"][stage]
+    params = {key: section(cfg, key) for key in spec.get("params", [])}
+    return Resume.of(stage, fingerprint(params, [Path(d) for d in spec["deps"]]), cfg.resume.checkpoint_interval)
+
+
+def curve_paths(stage: str) -> dict[str, Path]:
+    """The curve CSV (a DVC plot) and its wall-clock twin (not a DVC output) of a training stage."""
+    return {"curves": LOGS / f"{stage}.csv", "timings": TIMINGS / f"{stage}.csv"}
+
+
+def write_metrics(stage: str, results: dict, seconds: float) -> None:
+    """Results to metrics/<stage>.json (DVC-hashed); the wall-clock time to timings/<stage>.json."""
+    write_json(METRICS / f"{stage}.json", results)
+    write_json(TIMINGS / f"{stage}.json", {"seconds": round(seconds, 1)})

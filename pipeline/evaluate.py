@@ -12,9 +12,9 @@ import functools
 import time
 from pathlib import Path
 
-from pipeline.common import codec, composer_weights, image_collator, new_lm
-from pipeline.paths import COOLDOWN, ENCODER, FINETUNE, PRETRAIN, RAW
-from vlm import params as P
+from pipeline.common import codec, image_collator
+from pipeline.paths import COOLDOWN, ENCODER, FINETUNE, PRETRAIN, RAW, TIMINGS
+from vlm.config import Config
 from vlm.data import readers
 from vlm.evaluation.metrics import stable_score, summarise
 from vlm.evaluation.scoring import score_mc, score_pope, score_vqa
@@ -60,18 +60,13 @@ def evaluate_phase(tasks: dict, cdc, lm, vlm=None, collate=None, batch_size=64, 
     return summarise(scores, [t for t in VISION_TASKS if t in scores], [t for t in TEXT_TASKS if t in scores])
 
 
-def main() -> None:
-    params = P.load()
-    batch_size = P.positive_int(params, "evaluate.batch_size")
-    max_new = P.positive_int(params, "evaluate.max_new_tokens")
-    blank = bool(P.get(params, "vision.blank_images"))
+def run(cfg: Config) -> None:
+    batch_size, max_new, blank = cfg.evaluate.batch_size, cfg.evaluate.max_new_tokens, cfg.vision.blank_images
     t0 = time.time()
     tasks = load_tasks()
     cdc = codec()
-    schedule = read_json(PRETRAIN / "schedule.json")
-    last = max(schedule["branch_points"].values())
-    text_lm = new_lm(schedule["preset"], cdc.vocab_size, schedule["seed"])
-    text_lm.load_state_dict(composer_weights(PRETRAIN / "checkpoints" / f"ba{last}.pt"))
+    last = max(read_json(PRETRAIN / "schedule.json")["branch_points"].values())
+    text_lm = store.load_lm(PRETRAIN / f"ba{last}")
 
     phases = {"text_pretrain": evaluate_phase(tasks, cdc, text_lm.eval())}
     for phase, folder in (("cooldown", COOLDOWN), ("finetune", FINETUNE)):
@@ -89,9 +84,6 @@ def main() -> None:
     }
     write_json(METRICS, metrics)
     write_json(EXAMPLES, {p: r["vqa"]["examples"] for p, r in phases.items() if "vqa" in r})
+    write_json(TIMINGS / "evaluate.json", {"seconds": round(time.time() - t0, 1)})
     print(f"evaluate: done in {time.time() - t0:.0f}s; vision_stable {metrics['vision_stable']:.3f}, "
           f"text_stable {metrics['text_stable']:.3f}", flush=True)
-
-
-if __name__ == "__main__":
-    main()

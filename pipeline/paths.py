@@ -12,3 +12,6 @@ COOLDOWN = Path("data/cooldown")
 FINETUNE = Path("data/finetune")
 METRICS = Path("metrics")
 LOGS = Path("logs")
+# Wall-clock measurements (seconds, tokens/s): not DVC outputs and not in git, so results that
+# the params and seed determine stay bit-identical from run to run (design.md).
+TIMINGS = Path("timings")

@@ -9,29 +9,21 @@ from __future__ import annotations
 import time
 
 from pipeline.paths import METRICS, RAW, SHARDS, TOKENS
-from vlm import params as P
+from vlm.config import Config
 from vlm.data.shards import SOURCES, write_shards
 from vlm.data.tokenizer import Codec
 from vlm.data.tokens import Ragged
 from vlm.io import atomic_dir, write_json
 
 
-def main() -> None:
-    params = P.load()
-    seq_len = P.integer(params, "shard.seq_len", lo=8)
-    val_fraction = P.real(params, "shard.val_fraction", 0.0, 0.5, lo_open=True)
-    seed = P.integer(params, "seed", lo=0)
-
+def run(cfg: Config) -> None:
+    seq_len, val_fraction = cfg.shard.seq_len, cfg.shard.val_fraction
     t0 = time.time()
     codec = Codec.from_file(TOKENS / "tokenizer.json")
     sources = {name: Ragged.load(TOKENS, name) for name in SOURCES}
     print(f"stream-shard: writing MDS shards (seq_len {seq_len}, val {val_fraction:.0%}) ...", flush=True)
     with atomic_dir(SHARDS) as tmp:
-        stats = write_shards(sources, codec, RAW, tmp, seq_len, val_fraction, seed)
+        stats = write_shards(sources, codec, RAW, tmp, seq_len, val_fraction, cfg.seed)
         write_json(tmp / "stats.json", stats)
     write_json(METRICS / "shards.json", stats)
     print(f"stream-shard: done in {time.time() - t0:.1f}s", flush=True)
-
-
-if __name__ == "__main__":
-    main()

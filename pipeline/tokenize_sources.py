@@ -9,18 +9,14 @@ import os
 import time
 
 from pipeline.paths import METRICS, RAW, TOKENS
-from vlm import params as P
+from vlm.config import Config
 from vlm.data import readers
-from vlm.data.tokenizer import MIN_VOCAB, Codec, load_tokenizer, train_tokenizer
+from vlm.data.tokenizer import Codec, load_tokenizer, train_tokenizer
 from vlm.data.tokens import encode_sources, token_counts
 from vlm.io import atomic_dir, write_json
 
 
-def main() -> None:
-    params = P.load()
-    vocab_size = P.integer(params, "tokenize.vocab_size", lo=MIN_VOCAB)
-    given = P.optional_path(params, "tokenize.tokenizer")
-
+def run(cfg: Config) -> None:
     t0 = time.time()
     print("tokenize: reading and checking sources ...", flush=True)
     texts = readers.read_text(RAW / "text.jsonl")
@@ -28,12 +24,12 @@ def main() -> None:
     convs = readers.read_llava(RAW / "instruct.json")
     print(f"  {len(texts)} documents, {len(captions)} captions, {len(convs)} conversations", flush=True)
 
-    if given:
-        print(f"tokenize: loading {given}", flush=True)
-        tok = load_tokenizer(given)
+    if cfg.tokenize.tokenizer:
+        print(f"tokenize: loading {cfg.tokenize.tokenizer}", flush=True)
+        tok = load_tokenizer(cfg.tokenize.tokenizer)
     else:
-        print(f"tokenize: training byte-level BPE, vocab {vocab_size} ...", flush=True)
-        tok = train_tokenizer(texts, vocab_size, show_progress=False)
+        print(f"tokenize: training byte-level BPE, vocab {cfg.tokenize.vocab_size} ...", flush=True)
+        tok = train_tokenizer(texts, cfg.tokenize.vocab_size, show_progress=False)
     codec = Codec(tok)
 
     print("tokenize: encoding sources ...", flush=True)
@@ -47,7 +43,3 @@ def main() -> None:
     write_json(METRICS / "tokens.json", counts)
     summary = ", ".join(f"{k} {v['tokens']}" for k, v in counts.items() if isinstance(v, dict))
     print(f"tokenize: done in {time.time() - t0:.1f}s; tokens: {summary}", flush=True)
-
-
-if __name__ == "__main__":
-    main()

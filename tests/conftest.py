@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from dvcrepo import make_repo, run
 
+from vlm.config import PrepareConfig
 from vlm.data.world import write_world
 
+SEED = 7
+SMALL_WORLD = PrepareConfig(n_text_docs=60, n_creatures=6, n_instruct_creatures=2, n_images=40, n_instruct=60,
+                            text_instruct_share=0.25, n_eval=48, image_size=32)
 
-def small_world_params(**prepare) -> dict:
-    """Params for a world small enough to generate in a fraction of a second."""
-    base = {"n_text_docs": 60, "n_creatures": 6, "n_instruct_creatures": 2, "n_images": 40, "n_instruct": 60,
-            "text_instruct_share": 0.25, "n_eval": 48, "image_size": 32}
-    return {"seed": 7, "prepare": {**base, **prepare}}
+
+def small_world_params(**prepare) -> PrepareConfig:
+    """A world small enough to generate in a fraction of a second, with some values changed."""
+    return replace(SMALL_WORLD, **prepare)
 
 
 @pytest.fixture
 def world_params():
-    """Factory: `world_params(n_eval=10)` -> small params with some `prepare` values changed."""
+    """Factory: `world_params(n_eval=10)` -> the small PrepareConfig with some values changed."""
     return small_world_params
 
 
@@ -26,5 +32,19 @@ def world_params():
 def small_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """data/raw of a small world (read-only: tests that change files make their own)."""
     out = tmp_path_factory.mktemp("world") / "raw"
-    write_world(small_world_params(), out)
+    write_world(small_world_params(), SEED, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny copy of the repository after one whole `dvc repro` (about a minute on 2 cores).
+
+    Tests that run experiments change its params and products; its first dvc.lock is kept beside
+    it as `first-dvc.lock` for the reproducibility tests.
+    """
+    repo = make_repo(tmp_path_factory.mktemp("tiny") / "repo")
+    run(repo, "dvc", "repro")
+    shutil.copy2(repo / "dvc.lock", repo.parent / "first-dvc.lock")
+    shutil.copy2(repo / "metrics/pretrain.json", repo.parent / "first-metrics-pretrain.json")
+    return repo

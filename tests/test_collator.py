@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from vlm.model.vision import image_tensor, preprocess_config
-from vlm.training.data import CAPTION, INSTRUCT, TEXT, Collator, decode_image, loader, real_tokens
+from vlm.training.data import CAPTION, INSTRUCT, TEXT, Collator, blank_like, decode_image, loader, real_tokens
 
 IDS = {"bos": 10, "eos": 11, "pad": 12, "image": 13, "user": 14, "assistant": 15}
 N_IMG, SIZE = 4, 8
@@ -122,8 +122,8 @@ def test_blank_images_are_identical_grey():
     assert not torch.equal(unblank[0], unblank[1])
 
 
-def test_decode_image_blank_keeps_size():
-    image = decode_image(png(RED, (5, 3)), blank=True)
+def test_blank_like_keeps_size():
+    image = blank_like(decode_image(png(RED, (5, 3))))
     assert image.size == (5, 3) and image.getpixel((0, 0)) == (128, 128, 128)
     assert decode_image(png(RED, (5, 3))).getpixel((4, 2)) == RED
 

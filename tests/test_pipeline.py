@@ -1,120 +1,39 @@
 """End to end: the real DVC pipeline on a tiny params file, in temporary copies of the repository.
 
-One module-scoped copy runs the whole DAG once (about a minute on 2 CPU cores); the other tests
-read its products, ask DVC what a param change would re-run, or run single stages against it.
+The session-scoped `tiny` copy (conftest.py) runs the whole DAG once (about a minute on 2 CPU
+cores); the tests here read its products, ask DVC what a param change would re-run, or run single
+stages against it. The experiments at the end change its params: keep them last.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
+import math
 import time
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
-import torch
 import yaml
+from dvcrepo import (
+    ROOT,
+    STAGES,
+    changed_params,
+    csv_column,
+    lock_outs,
+    make_repo,
+    ran,
+    run,
+    set_params,
+    would_run,
+)
+from safetensors.torch import load_file
 
 from vlm.training.schedules import warmup_cosine
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-GIT_IDENTITY = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
-                "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"}  # `dvc exp` commits
-STAGES = ["prepare", "tokenize", "stream-shard", "train-encoder", "text-pretrain", "branch-at-fraction",
-          "mixed-cooldown", "finetune", "evaluate"]
-
-TINY = {
-    "prepare": {"n_text_docs": 120, "n_creatures": 8, "n_instruct_creatures": 2, "n_images": 120,
-                "n_instruct": 120, "n_eval": 40},
-    "tokenize": {"vocab_size": 400},
-    "shard": {"seq_len": 32},
-    "vision": {"tiny": {"width": 32, "layers": 2, "heads": 2, "embed_dim": 32, "steps": 4, "batch_size": 16}},
-    "pretrain": {"steps": 10, "batch_size": 4, "warmup_steps": 2},
-    "cooldown": {"steps": 6, "batch_size": 32, "warmup_steps": 2},
-    "finetune": {"epochs": 1, "batch_size": 16, "warmup_steps": 2},
-    "evaluate": {"batch_size": 32},
-}
+pytestmark = pytest.mark.slow
 
 
-def merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-    return out
-
-
-def run(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(cwd), **GIT_IDENTITY}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        out = f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out}")
-    return proc
-
-
-def set_params(repo: Path, **dotted) -> None:
-    path = repo / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for key, value in dotted.items():
-        node = params
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-@contextmanager
-def changed_params(repo: Path, **dotted):
-    """params.yaml with some values changed, restored afterwards."""
-    original = (repo / "params.yaml").read_text()
-    try:
-        set_params(repo, **dotted)
-        yield
-    finally:
-        (repo / "params.yaml").write_text(original)
-
-
-def make_repo(dst: Path, **overrides) -> Path:
-    """A git + DVC copy of the tracked sources with the tiny params and no products."""
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    for rel in files:
-        if rel == "dvc.lock" or rel.startswith(("metrics/", "logs/")) or not (ROOT / rel).is_file():
-            continue
-        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, dst / rel)
-    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    if overrides:
-        set_params(dst, **overrides)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"]):
-        subprocess.run(cmd, cwd=dst, check=True, capture_output=True)
-    return dst
-
-
-def lock_outs(repo: Path, stages: list[str]) -> dict:
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    return {s: [(o["path"], o["md5"]) for o in lock[s].get("outs", [])] for s in stages}
-
-
-def would_run(repo: Path) -> list[str]:
-    out = run(repo, "dvc", "repro", "--dry").stdout
-    return [s for s in STAGES if f"Running stage '{s}'" in out]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    repo = make_repo(tmp_path_factory.mktemp("tiny"))
-    t0 = time.time()
-    run(repo, "dvc", "repro")
-    print(f"tiny dvc repro: {time.time() - t0:.0f}s")
-    return repo
+def params_of(repo) -> dict:
+    return yaml.safe_load((repo / "params.yaml").read_text())
 
 
 def test_full_repro_ends_in_metrics_for_every_phase(tiny):
@@ -130,10 +49,27 @@ def test_full_repro_ends_in_metrics_for_every_phase(tiny):
     for curve in ("pretrain", "cooldown", "finetune", "encoder"):
         header = (tiny / f"logs/{curve}.csv").read_text().splitlines()[0].split(",")
         assert header[:3] == ["step", "loss", "lr"]
+        assert "tokens_per_sec" not in header  # wall-clock goes to timings/, not to a hashed output
+        assert json.loads((tiny / f"timings/{curve}.json").read_text())["seconds"] > 0
+    for name in ("encoder", "pretrain", "cooldown", "finetune"):
+        assert "seconds" not in json.loads((tiny / f"metrics/{name}.json").read_text())
     shown = run(tiny, "dvc", "metrics", "show", "--json").stdout
     assert "vision_stable" in shown
     plots = run(tiny, "dvc", "plots", "show", "--json").stdout
     assert "training loss" in plots and "cooldown image token share" in plots
+    assert not list((tiny / "checkpoints").rglob("*.pt"))  # resume checkpoints go once a stage is done
+
+
+def test_the_runs_learn(tiny):
+    """Validation loss falls over the text run and every training loss falls; all values finite."""
+    val = json.loads((tiny / "metrics/pretrain.json").read_text())["val_loss"]
+    losses = [val[k] for k in sorted(val, key=float)]
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0] - 0.3
+    for curve in ("pretrain", "cooldown", "finetune", "encoder"):
+        loss = list(csv_column(tiny / f"logs/{curve}.csv", "loss").values())
+        assert all(math.isfinite(v) for v in loss), curve
+        assert sum(loss[-2:]) < sum(loss[:2]), curve
 
 
 def test_a_second_repro_does_nothing(tiny):
@@ -144,23 +80,27 @@ def test_a_second_repro_does_nothing(tiny):
     assert "up to date" in run(tiny, "dvc", "status").stdout
 
 
-def test_checkpoints_land_exactly_on_the_branch_points(tiny):
-    params = yaml.safe_load((tiny / "params.yaml").read_text())
-    steps, batch, seq = params["pretrain"]["steps"], params["pretrain"]["batch_size"], params["shard"]["seq_len"]
-    expected = {round(f * steps) for f in params["pretrain"]["branch_points"]}
-    saved = {int(p.stem.removeprefix("ba")) for p in (tiny / "data/pretrain/checkpoints").glob("*.pt")}
+def test_branch_point_weights_land_exactly_on_the_branch_points(tiny):
+    p = params_of(tiny)
+    steps = p["pretrain"]["steps"]
+    expected = {round(f * steps) for f in p["pretrain"]["branch_points"]}
+    saved = {int(d.name.removeprefix("ba")) for d in (tiny / "data/pretrain").glob("ba*")}
     assert saved == expected
-    for step in (min(expected), max(expected)):
-        ckpt = torch.load(tiny / f"data/pretrain/checkpoints/ba{step}.pt", map_location="cpu", weights_only=False)
-        timestamp = ckpt["state"]["timestamp"]["Timestamp"]
-        assert timestamp["batch"] == step
-        assert timestamp["token"] == step * batch * seq  # every text row is full: tokens are exact
+    assert not list((tiny / "data/pretrain").rglob("*.pt"))  # weights only, no Composer checkpoints
+    first, last = (load_file(tiny / f"data/pretrain/ba{s}/model.safetensors") for s in (min(saved), max(saved)))
+    assert any(not first[k].equal(last[k]) for k in first)
+    schedule = json.loads((tiny / "data/pretrain/schedule.json").read_text())
+    assert schedule["tokens_per_step"] == p["pretrain"]["batch_size"] * p["shard"]["seq_len"]
     val = json.loads((tiny / "metrics/pretrain.json").read_text())["val_loss"]
     assert all(isinstance(v, float) for v in val.values()) and len(val) == len(expected)
+    logged = csv_column(tiny / "logs/pretrain.csv", "val_loss")
+    assert set(logged) == expected  # measured at the branch points and nowhere else
 
 
-def test_branch_records_step_tokens_and_the_main_schedule_lr(tiny):
-    p = yaml.safe_load((tiny / "params.yaml").read_text())
+def test_the_lr_chain_from_text_run_to_cooldown(tiny):
+    """branch.json's LR is the LR the text run trained its next batch with (row step + 1 of its
+    curve: row s is batch s); the cooldown's first batch continues with exactly that LR."""
+    p = params_of(tiny)
     info = json.loads((tiny / "data/branch/branch.json").read_text())
     step = round(p["branch"]["fraction"] * p["pretrain"]["steps"])
     assert info["step"] == step
@@ -168,14 +108,33 @@ def test_branch_records_step_tokens_and_the_main_schedule_lr(tiny):
     pt = p["pretrain"]
     assert info["lr"] == pytest.approx(warmup_cosine(step, pt["steps"], pt["lr"], pt["warmup_steps"],
                                                      pt["final_lr_ratio"]))
-
-
-def test_realised_image_token_ratio_is_within_two_points(tiny):
+    assert csv_column(tiny / "logs/pretrain.csv", "lr")[step + 1] == pytest.approx(info["lr"], rel=1e-5)
     cooldown = json.loads((tiny / "metrics/cooldown.json").read_text())
-    ratio = yaml.safe_load((tiny / "params.yaml").read_text())["cooldown"]["image_ratio"]
-    assert abs(cooldown["realised_token_share"]["captions"] - ratio) <= 0.02
+    assert cooldown["lr_mode"] == "continue"
+    lr = csv_column(tiny / "logs/cooldown.csv", "lr")
+    assert lr[1] == pytest.approx(info["lr"], rel=1e-5)
+    assert lr[max(lr)] < lr[1]  # and decays from there
+
+
+def test_realised_image_token_ratio_matches_the_batch_composition(tiny):
+    """Within a couple of points at this tiny size (54 caption samples); the default run's committed
+    metrics, with 4,200 caption samples, must match within 0.005 (see the next test)."""
+    cooldown = json.loads((tiny / "metrics/cooldown.json").read_text())
+    ratio = params_of(tiny)["cooldown"]["image_ratio"]
+    assert abs(cooldown["realised_token_share"]["captions"] - cooldown["expected_token_share"]["captions"]) <= 0.02
+    assert abs(cooldown["expected_token_share"]["captions"] - ratio) <= 0.02
     assert cooldown["realised_token_share"]["instruct"] == 0
     assert sum(cooldown["batch_counts"].values()) == 32
+    share = csv_column(tiny / "logs/cooldown.csv", "image_token_share")
+    assert share[max(share)] == pytest.approx(cooldown["realised_token_share"]["captions"], abs=1e-5)
+
+
+def test_the_committed_default_run_realises_its_image_share():
+    """README's default-run figure, from the committed metrics (dvc.lock pins them to the code)."""
+    cooldown = json.loads((ROOT / "metrics/cooldown.json").read_text())
+    realised, expected = cooldown["realised_token_share"]["captions"], cooldown["expected_token_share"]["captions"]
+    assert abs(realised - expected) <= 0.005
+    assert abs(expected - params_of(ROOT)["cooldown"]["image_ratio"]) <= 0.01
 
 
 @pytest.mark.parametrize(
@@ -188,35 +147,38 @@ def test_realised_image_token_ratio_is_within_two_points(tiny):
         ({"evaluate.max_new_tokens": 3}, "evaluate"),
         ({"tokenize.vocab_size": 420}, "tokenize"),
         ({"shard.val_fraction": 0.1}, "stream-shard"),
+        ({"vision.blank_images": True}, "mixed-cooldown"),  # the control reaches training (and evaluate)
+        ({"resume.checkpoint_interval": 7}, None),  # resume checkpoints never change a result
     ],
 )
 def test_a_param_change_starts_at_the_stage_that_reads_it(tiny, change, first):
     """`--dry` lists the stages whose own params or deps changed; what follows re-runs as outputs change."""
     with changed_params(tiny, **change):
-        assert would_run(tiny) == [first]
+        assert would_run(tiny) == ([first] if first else [])
     assert would_run(tiny) == []
 
 
-def test_bad_branch_fraction_fails_before_work_and_keeps_the_old_branch(tiny):
+def test_a_code_change_in_shared_plumbing_reruns_every_stage(tiny):
+    path = tiny / "vlm/io.py"
+    original = path.read_text()
+    try:
+        path.write_text(original + "\n# a change\n")
+        assert would_run(tiny) == STAGES
+    finally:
+        path.write_text(original)
+
+
+def test_bad_params_fail_before_work_and_keep_the_old_outputs(tiny):
     before = (tiny / "data/branch/model.safetensors").read_bytes()
     with changed_params(tiny, **{"branch.fraction": 0.5}):
-        proc = run(tiny, "python", "-m", "pipeline.branch", check=False)
-    assert proc.returncode != 0
-    assert "branch.fraction" in proc.stderr and "[0.0, 0.2, 0.4, 0.6, 0.8, 1.0]" in proc.stderr
+        proc = run(tiny, "python", "-m", "pipeline", "branch-at-fraction", check=False)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "`branch.fraction`" in proc.stderr and "[0.0, 0.2, 0.4, 0.6, 0.8, 1.0]" in proc.stderr
     assert (tiny / "data/branch/model.safetensors").read_bytes() == before
 
-
-def test_vocab_smaller_than_the_special_tokens_fails_before_work(tiny):
-    before = (tiny / "data/tokens/tokenizer.json").read_bytes()
     with changed_params(tiny, **{"tokenize.vocab_size": 100}):
-        proc = run(tiny, "python", "-m", "pipeline.tokenize_sources", check=False)
-    assert proc.returncode != 0 and "tokenize.vocab_size" in proc.stderr
-    assert "reading" not in proc.stdout  # failed before touching the data
-    assert (tiny / "data/tokens/tokenizer.json").read_bytes() == before
-
-
-def ran(proc: subprocess.CompletedProcess) -> list[str]:
-    return [s for s in STAGES if f"Running stage '{s}'" in proc.stdout]
+        proc = run(tiny, "python", "-m", "pipeline", "tokenize", check=False)
+    assert proc.returncode == 2 and "`tokenize.vocab_size`" in proc.stderr and proc.stdout == ""
 
 
 # The experiments below leave their params in the workspace (as `dvc exp run` does): keep them last.
@@ -227,24 +189,35 @@ def test_exp_run_of_an_image_ratio_reruns_only_cooldown_finetune_evaluate(tiny):
     assert abs(realised - 0.3) <= 0.02
 
 
-def test_exp_run_of_a_branch_fraction_does_not_rerun_the_text_run(tiny):
-    proc = run(tiny, "dvc", "exp", "run", "-S", "branch.fraction=0.6")
+@pytest.mark.parametrize("fraction", [1.0, 0.0])
+def test_a_rewarm_branch_runs_end_to_end_with_its_warmup_and_peak(tiny, fraction):
+    """At 100% the branch LR has decayed below `cooldown.min_continue_lr`, at 0% it is 0: the cooldown
+    re-warms linearly to `cooldown.rewarm_lr` over `cooldown.warmup_steps`, then decays. The text run
+    is never re-run."""
+    proc = run(tiny, "dvc", "exp", "run", "-S", f"branch.fraction={fraction}")
     assert ran(proc) == ["branch-at-fraction", "mixed-cooldown", "finetune", "evaluate"]
-    assert json.loads((tiny / "data/branch/branch.json").read_text())["step"] == 6
-
-
-def test_blank_image_control_scores_at_most_chance_on_vision(tiny):
-    """The control of an honest world: without image content, vision tasks sit at chance."""
-    run(tiny, "dvc", "exp", "run", "-S", "vision.blank_images=true")
+    p = params_of(tiny)
+    cd = p["cooldown"]
+    info = json.loads((tiny / "data/branch/branch.json").read_text())
+    assert info["step"] == round(fraction * p["pretrain"]["steps"])
+    assert info["lr"] < cd["min_continue_lr"]
+    cooldown = json.loads((tiny / "metrics/cooldown.json").read_text())
+    assert (cooldown["lr_mode"], cooldown["start_lr"]) == ("rewarm", cd["rewarm_lr"])
+    lr = csv_column(tiny / "logs/cooldown.csv", "lr")
+    warm = cd["warmup_steps"]
+    for s in range(1, warm + 2):  # row s trained with the schedule's LR after s - 1 steps
+        assert lr[s] == pytest.approx(cd["rewarm_lr"] * min((s - 1) / warm, 1.0), rel=1e-5, abs=1e-12)
+    assert max(lr.values()) == pytest.approx(cd["rewarm_lr"], rel=1e-5)
+    assert lr[max(lr)] < cd["rewarm_lr"]
     metrics = json.loads((tiny / "metrics/eval.json").read_text())
-    assert metrics["vision_stable"] <= 0.1
+    assert math.isfinite(metrics["stable_mean"])
 
 
 def test_data_stages_are_bit_for_bit_deterministic_and_tokenize_params_skip_prepare(tmp_path, tiny):
-    other = make_repo(tmp_path)
+    other = make_repo(tmp_path / "b")
     run(other, "dvc", "repro", "stream-shard")
     data = ["prepare", "tokenize", "stream-shard"]
-    assert lock_outs(other, data) == lock_outs(tiny, data)
+    assert lock_outs(other, data) == lock_outs(tiny.parent / "first-dvc.lock", data)
     set_params(other, **{"tokenize.vocab_size": 420})
     assert ran(run(other, "dvc", "repro", "stream-shard")) == ["tokenize", "stream-shard"]
 
@@ -256,12 +229,12 @@ def test_a_local_pretrained_open_clip_folder_is_loaded_instead_of_training(tmp_p
     cfg = tiny_clip_config(32, 16, 32, 2, 2, 32, vocab_size=64, context_length=8, pad_id=2, eos_id=1)
     save_clip(build_clip(cfg), cfg, ckpt, preprocess_config(32))
     repo = make_repo(tmp_path / "repo", **{"vision.pretrained": str(ckpt)})
-    run(repo, "python", "-m", "pipeline.train_encoder")
+    run(repo, "python", "-m", "pipeline", "train-encoder")
     for name in ("open_clip_config.json", "open_clip_model.safetensors"):
         assert (repo / "data/encoder" / name).read_bytes() == (ckpt / name).read_bytes()
     assert json.loads((repo / "metrics/encoder.json").read_text())["source"] == str(ckpt)
 
     set_params(repo, **{"vision.pretrained": str(tmp_path / "missing")})
-    proc = run(repo, "python", "-m", "pipeline.train_encoder", check=False)
-    assert proc.returncode != 0 and "vision.pretrained" in proc.stderr
+    proc = run(repo, "python", "-m", "pipeline", "train-encoder", check=False)
+    assert proc.returncode != 0 and "`vision.pretrained`" in proc.stderr
     assert (repo / "data/encoder/open_clip_model.safetensors").exists()  # the old output is untouched

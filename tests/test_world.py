@@ -6,17 +6,20 @@ import hashlib
 import json
 import re
 from collections import Counter, defaultdict
+from dataclasses import asdict
+from itertools import combinations, product
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from conftest import SEED, small_world_params
 from PIL import Image
 
-from pipeline import prepare
+from pipeline.__main__ import main as run_stage
+from vlm.config import ParamError, parse
 from vlm.data import readers
 from vlm.data import world as W
-from vlm.params import ParamError
 
 
 def _digests(root: Path) -> dict[str, str]:
@@ -42,16 +45,16 @@ def _is_balanced(values: list[str], vocab: tuple[str, ...]) -> bool:
 
 def test_same_params_give_byte_identical_files(tmp_path, world_params, small_world):
     out = tmp_path / "raw"
-    W.write_world(world_params(), out)
+    W.write_world(world_params(), SEED, out)
     assert _digests(out) == _digests(small_world)
     other = tmp_path / "other"
-    W.write_world({**world_params(), "seed": 8}, other)
+    W.write_world(world_params(), 8, other)
     assert _digests(other)["text.jsonl"] != _digests(small_world)["text.jsonl"]
 
 
 def test_training_data_does_not_depend_on_the_eval_size(tmp_path, world_params, small_world):
     out = tmp_path / "raw"
-    W.write_world(world_params(n_eval=10), out)
+    W.write_world(world_params(n_eval=10), SEED, out)
     before, after = _digests(small_world), _digests(out)
     training = [k for k in before if not k.startswith("eval/") and k != "world.json"]
     assert training and all(before[k] == after[k] for k in training)
@@ -92,7 +95,7 @@ def test_every_file_passes_its_reader(small_world):
 
 def test_a_crash_keeps_the_old_world_and_a_rerun_replaces_it(tmp_path, world_params, monkeypatch):
     out = tmp_path / "raw"
-    W.write_world(world_params(), out)
+    W.write_world(world_params(), SEED, out)
     (out / "stale.txt").write_text("from an older run")
 
     def crash(*args, **kwargs):
@@ -101,10 +104,10 @@ def test_a_crash_keeps_the_old_world_and_a_rerun_replaces_it(tmp_path, world_par
     with monkeypatch.context() as m:
         m.setattr(W, "make_corpus", crash)
         with pytest.raises(RuntimeError):
-            W.write_world(world_params(), out)
+            W.write_world(world_params(), SEED, out)
     assert (out / "stale.txt").exists() and (out / "world.json").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["raw"]  # no half-written sibling left
-    W.write_world(world_params(), out)
+    W.write_world(world_params(), SEED, out)
     assert not (out / "stale.txt").exists()
 
 
@@ -244,24 +247,114 @@ def test_every_fact_is_stated_in_the_corpus_and_eval_facts_nowhere_else(small_wo
     ("n_images", -5), ("n_instruct_creatures", 6), ("text_instruct_share", 1.5), ("image_size", 8),
     ("n_text_docs", 10), ("n_eval", 0),
 ])
-def test_bad_prepare_params_name_the_key(world_params, key, value):
+def test_bad_prepare_params_name_the_key(key, value):
     with pytest.raises(ParamError, match=rf"`prepare\.{key}`"):
-        W.world_config(world_params(**{key: value}))
+        parse(_params_with(**{key: value}))
 
 
-def _run_prepare(tmp_path: Path, monkeypatch, params: dict) -> None:
+def _params_with(**prepare) -> dict:
+    """The committed params.yaml with the small world's `prepare` section (some values changed)."""
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    raw["seed"] = SEED
+    raw["prepare"] = {**asdict(small_world_params()), **prepare}
+    return raw
+
+
+def _run_prepare(tmp_path: Path, monkeypatch, params: dict) -> int:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
-    prepare.main()
+    return run_stage(["prepare"])
 
 
-def test_prepare_rejects_a_negative_image_count_before_writing(tmp_path, monkeypatch, world_params):
-    with pytest.raises(ParamError, match=r"prepare\.n_images"):
-        _run_prepare(tmp_path, monkeypatch, world_params(n_images=-1))
+def test_prepare_rejects_a_negative_image_count_before_writing(tmp_path, monkeypatch, capsys):
+    assert _run_prepare(tmp_path, monkeypatch, _params_with(n_images=-1)) == 2
+    assert "`prepare.n_images` must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "data").exists()
 
 
-def test_prepare_writes_the_world(tmp_path, monkeypatch, world_params, capsys, small_world):
-    _run_prepare(tmp_path, monkeypatch, world_params())
+def test_prepare_writes_the_world(tmp_path, monkeypatch, capsys, small_world):
+    assert _run_prepare(tmp_path, monkeypatch, _params_with()) == 0
     assert _digests(tmp_path / "data" / "raw") == _digests(small_world)
     assert "prepare: done" in capsys.readouterr().out
+
+
+# ---- rendered pixels ------------------------------------------------------------------------------
+
+RENDER_SIZE = 96  # 48-pixel cells: fine enough to measure sizes and shapes to a pixel
+# Per shape, (fill ratio, share of the object's pixels in the top half of its bounding box), each
+# as a [lo, hi] range. Fill: square 1, circle pi/4, triangle 1/2; the cross's bars are t = 2 *
+# round(side / 6) thick, t / side in about [0.28, 0.38], so it fills 2t/s - (t/s)^2 of its box:
+# about 0.48-0.62, too close to the triangle's 1/2 to tell them apart by fill alone. The upright
+# triangle puts only 1/4 of its area in the top half; the other shapes, being symmetric, 1/2.
+SHAPE_SIGNATURE = {
+    "square": ((0.97, 1.0), (0.40, 0.50)),
+    "circle": ((0.72, 0.84), (0.40, 0.50)),
+    "triangle": ((0.45, 0.60), (0.18, 0.32)),
+    "cross": ((0.45, 0.66), (0.38, 0.50)),
+}
+
+
+def _scenes_covering_every_attribute() -> list[W.Scene]:
+    cell_sets = {n: list(combinations(range(len(W.POSITIONS)), n)) for n in W.COUNTS}
+    scenes = []
+    for i, (shape, colour, size) in enumerate(product(W.SHAPES, W.COLOURS, W.SIZES)):
+        count = W.COUNTS[i % len(W.COUNTS)]
+        scenes.append(W.Scene(shape, colour, size, count, cell_sets[count][i % len(cell_sets[count])]))
+    scenes.append(W.Scene("circle", "blue", "big", 3, (1, 2, 3)))
+    return scenes
+
+
+def _cell_slice(k: int, cell: int) -> tuple[slice, slice]:
+    """The pixels of grid cell `k`, located by its name in POSITIONS (not by render's arithmetic)."""
+    name = W.POSITIONS[k]
+    row, col = int("bottom" in name), int("right" in name)
+    return slice(row * cell, (row + 1) * cell), slice(col * cell, (col + 1) * cell)
+
+
+def test_signatures_of_the_shapes_do_not_overlap():
+    for a, b in combinations(W.SHAPES, 2):
+        (fa, ta), (fb, tb) = SHAPE_SIGNATURE[a], SHAPE_SIGNATURE[b]
+        disjoint_fill = fa[1] < fb[0] or fb[1] < fa[0]
+        disjoint_top = ta[1] < tb[0] or tb[1] < ta[0]
+        assert disjoint_fill or disjoint_top, (a, b)
+    # The fill ranges alone separate everything but the triangle from the cross.
+    assert SHAPE_SIGNATURE["circle"][0][1] < SHAPE_SIGNATURE["square"][0][0]
+    assert SHAPE_SIGNATURE["cross"][0][1] < SHAPE_SIGNATURE["circle"][0][0]
+
+
+def test_rendered_pixels_show_the_scene():
+    scenes = _scenes_covering_every_attribute()
+    assert {s.shape for s in scenes} == set(W.SHAPES) and {s.colour for s in scenes} == set(W.COLOURS)
+    assert {s.size for s in scenes} == set(W.SIZES) and {s.count for s in scenes} == set(W.COUNTS)
+    assert {k for s in scenes for k in s.cells} == set(range(len(W.POSITIONS)))
+    cell = RENDER_SIZE // 2
+    background = np.array(W.BACKGROUND)
+    for i, scene in enumerate(scenes):
+        img = W.render(scene, RENDER_SIZE, np.random.default_rng(i))
+        assert img.size == (RENDER_SIZE, RENDER_SIZE) and img.mode == "RGB"
+        pixels = np.asarray(img).astype(int)
+        # Background noise is +-10 per channel, the object's colour jitter +-15; no antialiasing.
+        is_background = np.abs(pixels - background).max(-1) <= 10
+        is_object = np.abs(pixels - np.array(W.RGB[scene.colour])).max(-1) <= 15
+        assert (is_background | is_object).all(), f"{scene}: pixels of neither the background nor {scene.colour}"
+        for other in set(W.COLOURS) - {scene.colour}:
+            assert not (np.abs(pixels - np.array(W.RGB[other])).max(-1) <= 30).any(), (scene, other)
+        lo, hi = W.SIZE_FRACTION[scene.size]
+        fill_range, top_range = SHAPE_SIGNATURE[scene.shape]
+        for k in range(len(W.POSITIONS)):
+            rows, cols = _cell_slice(k, cell)
+            obj = is_object[rows, cols]
+            if k not in scene.cells:
+                assert obj.sum() == 0, f"{scene}: object pixels in the empty cell {W.POSITIONS[k]}"
+                continue
+            ys, xs = np.nonzero(obj)
+            assert len(ys), f"{scene}: no object in {W.POSITIONS[k]}"
+            box = obj[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+            h, w = box.shape
+            # The drawn box is round(cx + side/2) - round(cx - side/2) pixels: side +- 1.
+            for extent in (h, w):
+                assert lo * cell - 1 <= extent <= hi * cell + 1, (scene, k, extent / cell)
+            fill = box.mean()
+            top = box[: h // 2].sum() / box.sum()
+            assert fill_range[0] <= fill <= fill_range[1], (scene, k, fill)
+            assert top_range[0] <= top <= top_range[1], (scene, k, top)

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from vlm.faults import crash_point
+
 
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
@@ -26,6 +28,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    crash_point(f"write:{path.as_posix()}")
     old = path.with_name(f".{path.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if path.exists():

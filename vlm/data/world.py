@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vlm import params as P
+from vlm.config import PrepareConfig
 from vlm.io import atomic_dir
 
 T = TypeVar("T")
@@ -89,23 +89,6 @@ CODAS = ("", "", "l", "n", "r", "x", "m")
 
 
 @dataclass(frozen=True)
-class WorldConfig:
-    seed: int
-    n_text_docs: int
-    n_creatures: int
-    n_instruct_creatures: int
-    n_images: int
-    n_instruct: int
-    text_instruct_share: float
-    n_eval: int
-    image_size: int
-
-    @property
-    def n_text_instruct(self) -> int:
-        return round(self.n_instruct * self.text_instruct_share)
-
-
-@dataclass(frozen=True)
 class Scene:
     """What one image shows: `count` copies of one object kind in distinct grid cells."""
 
@@ -126,29 +109,10 @@ class Creature:
     facts: dict[str, str]
 
 
-def world_config(params: dict) -> WorldConfig:
-    """Check `seed` and every `prepare.*` value (ParamError naming the key) before any work."""
-    n_creatures = P.integer(params, "prepare.n_creatures", lo=2)  # >= 1 instruction + 1 eval creature
-    cfg = WorldConfig(
-        seed=P.integer(params, "seed", lo=0),
-        n_text_docs=P.positive_int(params, "prepare.n_text_docs"),
-        n_creatures=n_creatures,
-        n_instruct_creatures=P.integer(params, "prepare.n_instruct_creatures", lo=1, hi=n_creatures - 1),
-        n_images=P.positive_int(params, "prepare.n_images"),
-        n_instruct=P.positive_int(params, "prepare.n_instruct"),
-        text_instruct_share=P.fraction(params, "prepare.text_instruct_share"),
-        n_eval=P.positive_int(params, "prepare.n_eval"),
-        image_size=P.integer(params, "prepare.image_size", lo=16),
-    )
-    # Each document carries >= 2 fact sentences and facts are dealt round-robin, so this many
-    # documents state every fact in every template (the QA form included).
-    min_docs = -(-len(ATTRIBUTES) * n_creatures * N_TEMPLATES // 2)
-    if cfg.n_text_docs < min_docs:
-        raise P.ParamError(
-            f"{P.PARAMS_FILE}: `prepare.n_text_docs` must be >= {min_docs} to state every fact of "
-            f"{n_creatures} creatures in every template, got {cfg.n_text_docs}"
-        )
-    return cfg
+def min_text_docs(n_creatures: int) -> int:
+    """Documents needed to state every fact of every creature in every template (the QA form included):
+    each document carries >= 2 fact sentences and facts are dealt round-robin."""
+    return -(-len(ATTRIBUTES) * n_creatures * N_TEMPLATES // 2)
 
 
 def child_rng(seed: int, product: str) -> np.random.Generator:
@@ -335,7 +299,7 @@ def text_conversation(rng: np.random.Generator, creature: Creature) -> list[dict
     return _turns([(question(creature, attrs[int(a)]), creature.facts[attrs[int(a)]]) for a in chosen], False)
 
 
-def make_instructions(rng: np.random.Generator, cfg: WorldConfig, scenes: list[Scene],
+def make_instructions(rng: np.random.Generator, cfg: PrepareConfig, scenes: list[Scene],
                       creatures: list[Creature]) -> list[dict]:
     teachers = [c for c in creatures if c.group == "instruct"]
     convs: list[dict] = []
@@ -412,9 +376,9 @@ def _save_png(img: Image.Image, path: Path) -> None:
     img.save(path, format="PNG")  # no metadata chunks: same pixels, same bytes
 
 
-def _write_eval(cfg: WorldConfig, creatures: list[Creature], out: Path) -> dict[str, int]:
+def _write_eval(cfg: PrepareConfig, seed: int, creatures: list[Creature], out: Path) -> dict[str, int]:
     (out / "images").mkdir(parents=True)
-    vqa_rng, pope_rng = child_rng(cfg.seed, "eval-vqa"), child_rng(cfg.seed, "eval-pope")
+    vqa_rng, pope_rng = child_rng(seed, "eval-vqa"), child_rng(seed, "eval-pope")
     vqa = make_vqa(vqa_rng, cfg.n_eval)
     questions, annotations = [], []
     for qid, (kind, answer, scene) in enumerate(vqa):
@@ -435,7 +399,7 @@ def _write_eval(cfg: WorldConfig, creatures: list[Creature], out: Path) -> dict[
         pope.append({"question_id": qid, "image": image_name(image_id), "text": text, "label": label})
     _write_jsonl(out / "pope.jsonl", pope)
 
-    text_mc = make_text_mc(child_rng(cfg.seed, "eval-text-mc"), creatures, cfg.n_eval)
+    text_mc = make_text_mc(child_rng(seed, "eval-text-mc"), creatures, cfg.n_eval)
     _write_jsonl(out / "text_mc.jsonl", text_mc)
     _write_json(out / "tasks.json", {
         "vqa": {"kind": "vqa", "questions": "vqa_questions.json", "annotations": "vqa_annotations.json",
@@ -450,16 +414,15 @@ def _quiet(_: str) -> None:
     pass
 
 
-def write_world(params: dict, out_dir: Path, log: Callable[[str], None] = _quiet) -> dict[str, int]:
+def write_world(cfg: PrepareConfig, seed: int, out_dir: Path, log: Callable[[str], None] = _quiet) -> dict[str, int]:
     """Generate the world into `out_dir` (data/raw) atomically; returns the counts of each product."""
-    cfg = world_config(params)
-    creatures = make_creatures(child_rng(cfg.seed, "creatures"), cfg.n_creatures, cfg.n_instruct_creatures)
-    scene_rng = child_rng(cfg.seed, "scenes")
+    creatures = make_creatures(child_rng(seed, "creatures"), cfg.n_creatures, cfg.n_instruct_creatures)
+    scene_rng = child_rng(seed, "scenes")
     scenes = [random_scene(scene_rng) for _ in range(cfg.n_images)]
     with atomic_dir(out_dir) as tmp:
         log(f"rendering {cfg.n_images} images ({cfg.image_size}px) and captions")
         (tmp / "images").mkdir()
-        render_rng, caption_rng = child_rng(cfg.seed, "render"), child_rng(cfg.seed, "captions")
+        render_rng, caption_rng = child_rng(seed, "render"), child_rng(seed, "captions")
         captions = []
         for i, scene in enumerate(scenes):
             _save_png(render(scene, cfg.image_size, render_rng), tmp / image_name(i))
@@ -467,21 +430,21 @@ def write_world(params: dict, out_dir: Path, log: Callable[[str], None] = _quiet
         _write_jsonl(tmp / "captions.jsonl", captions)
 
         log(f"writing {cfg.n_text_docs} text documents about {cfg.n_creatures} creatures")
-        docs = make_corpus(child_rng(cfg.seed, "corpus"), creatures, cfg.n_text_docs)
+        docs = make_corpus(child_rng(seed, "corpus"), creatures, cfg.n_text_docs)
         _write_jsonl(tmp / "text.jsonl", [{"text": d} for d in docs])
 
         log(f"writing {cfg.n_instruct} instruction conversations")
-        convs = make_instructions(child_rng(cfg.seed, "instruct"), cfg, scenes, creatures)
+        convs = make_instructions(child_rng(seed, "instruct"), cfg, scenes, creatures)
         _write_json(tmp / "instruct.json", convs)
 
         log(f"writing the evaluation sets ({cfg.n_eval} questions per task)")
         counts = {
             "text_docs": len(docs), "images": len(scenes), "creatures": len(creatures),
             "instruct_vision": cfg.n_instruct - cfg.n_text_instruct, "instruct_text": cfg.n_text_instruct,
-            **_write_eval(cfg, creatures, tmp / "eval"),
+            **_write_eval(cfg, seed, creatures, tmp / "eval"),
         }
         _write_json(tmp / "world.json", {
-            "config": asdict(cfg), "counts": counts, "questions": QUESTIONS, "attributes": ATTRIBUTES,
+            "config": {"seed": seed, **asdict(cfg)}, "counts": counts, "questions": QUESTIONS, "attributes": ATTRIBUTES,
             "creatures": [asdict(c) for c in creatures],
         })
     return counts

@@ -9,12 +9,11 @@ Batches are left-padded with a pad mask, so every row sees exactly its own token
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
 from vlm.data.tokenizer import IMAGE_MARK, Codec
 from vlm.evaluation.metrics import normalize_answer, vqa_accuracy
@@ -39,11 +38,12 @@ def generate(model, collate: Collator, codec: Codec, questions: list[str], image
     """Greedy answers of a VLM to one question about each image."""
     prompts = [np.array(codec.prompt(f"{IMAGE_MARK}\n{q}")) for q in questions]
     seqs = [collate.expand(p, np.zeros_like(p))[0] for p in prompts]
-    ids, mask = left_pad(seqs, codec.ids["pad"])
-    pixels = collate.to_tensor(images).to(next(model.parameters()).device)
+    device = next(model.parameters()).device
+    ids, mask = (t.to(device) for t in left_pad(seqs, codec.ids["pad"]))
+    pixels = collate.pixels(images).to(device)
     eos = codec.ids["eos"]
-    out = torch.zeros((len(seqs), 0), dtype=torch.long)
-    done = torch.zeros(len(seqs), dtype=torch.bool)
+    out = torch.zeros((len(seqs), 0), dtype=torch.long, device=device)
+    done = torch.zeros(len(seqs), dtype=torch.bool, device=device)
     for _ in range(max_new_tokens):
         logits = model(ids, images=pixels, pad_mask=mask)[:, -1]
         nxt = logits.argmax(-1).masked_fill(done, eos)
@@ -61,11 +61,12 @@ def generate(model, collate: Collator, codec: Codec, questions: list[str], image
 
 
 @torch.no_grad()
-def option_logprobs(lm: Callable, codec: Codec, prompt: str, options: list[str]) -> list[float]:
+def option_logprobs(lm: nn.Module, codec: Codec, prompt: str, options: list[str]) -> list[float]:
     """Sum of log p(option tokens | [bos] prompt) for each option, in one batch."""
     context = [codec.ids["bos"], *codec.encode(prompt)]
     conts = [codec.encode(" " + o) for o in options]
-    ids, mask = left_pad([np.array(context + c) for c in conts], codec.ids["pad"])
+    device = next(lm.parameters()).device
+    ids, mask = (t.to(device) for t in left_pad([np.array(context + c) for c in conts], codec.ids["pad"]))
     logp = F.log_softmax(lm(ids, pad_mask=mask).float(), dim=-1)
     scores = []
     for i, c in enumerate(conts):
@@ -104,7 +105,7 @@ def score_pope(model, collate, codec, items: list[dict], load_image, batch_size:
     return {"accuracy": float(np.mean(hits)), "yes_rate": yes / len(items)}
 
 
-def score_mc(lm: Callable, codec: Codec, items: list[dict]) -> dict:
+def score_mc(lm: nn.Module, codec: Codec, items: list[dict]) -> dict:
     hits = []
     for it in items:
         scores = option_logprobs(lm, codec, MC_PROMPT.format(stem=it["stem"]), it["choices"])

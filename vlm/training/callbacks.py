@@ -1,52 +1,89 @@
-"""Logging: training curves to CSV files that dvc.yaml declares as plots, and the realised token mix."""
+"""Composer callbacks: training curves to CSV, the realised token mix, and the run's health.
+
+Results and measurements are kept apart (design.md, "Reproducibility contract"): loss, LR and
+token shares go to the curve CSV that DVC hashes; wall-clock throughput goes to a timing CSV that
+is not a DVC output. Every callback that accumulates carries `state_dict`, which Composer saves in
+its checkpoints, so a resumed run writes the same files as an uninterrupted one.
+"""
 
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from composer.core import Callback, State
 from composer.loggers import Logger, LoggerDestination
 
+from vlm.faults import crash_point
+from vlm.model import store
 from vlm.model.lm import num_params
 from vlm.training.data import KIND_NAMES, real_tokens
 
-# CSV column -> the name Composer (or TokenShare) logs it under
+# CSV column -> the name Composer (or TokenShare) logs it under; "loss" is read from the state
 CURVE_COLUMNS = {
-    "loss": "loss/train/total",
+    "loss": None,
     "lr": "lr-DecoupledAdamW/group0",
-    "tokens_per_sec": "throughput/tokens_per_sec",
     "val_loss": "metrics/val/LanguageCrossEntropy",
     "tokens": "data/tokens",
     "image_token_share": "data/image_token_share",
 }
+TIMING_COLUMNS = {"tokens_per_sec": "throughput/tokens_per_sec"}
+
+
+def _write_csv(path: Path, rows: dict[int, dict[str, float]], order: list[str]) -> None:
+    columns = [c for c in order if any(c in r for r in rows.values())]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", *columns])
+        for step in sorted(rows):
+            row = rows[step]
+            if any(c in row for c in columns):
+                writer.writerow([step, *(f"{row[c]:.6g}" if c in row else "" for c in columns)])
 
 
 class CurvesCSV(LoggerDestination):
-    """One row per training step: the metrics above that were logged at that step."""
+    """One row per training step of the metrics above: results to `path`, wall-clock to `timing_path`.
 
-    def __init__(self, path: str | Path):
+    Row `s` describes batch `s` (1-based): its loss, the LR it was trained with, the tokens seen
+    after it and the validation loss measured right after it. (Composer logs the train loss before
+    it counts the batch, so the loss is taken from the state at BATCH_END instead.)
+    """
+
+    def __init__(self, path: str | Path, timing_path: str | Path | None = None):
         self.path = Path(path)
+        self.timing_path = Path(timing_path) if timing_path else None
         self.rows: dict[int, dict[str, float]] = {}
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if step is None:
             return
         row = self.rows.setdefault(int(step), {})
-        for column, name in CURVE_COLUMNS.items():
-            if name in metrics:
+        for column, name in {**CURVE_COLUMNS, **TIMING_COLUMNS}.items():
+            if name is not None and name in metrics:
                 row[column] = float(metrics[name])
 
+    def batch_end(self, state: State, logger: Logger) -> None:
+        loss = sum(state.loss.values()) if isinstance(state.loss, dict) else state.loss
+        self.rows.setdefault(state.timestamp.batch.value, {})["loss"] = float(loss)
+
     def fit_end(self, state: State, logger: Logger) -> None:
-        columns = [c for c in CURVE_COLUMNS if any(c in r for r in self.rows.values())]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["step", *columns])
-            for step in sorted(self.rows):
-                row = self.rows[step]
-                writer.writerow([step, *(f"{row[c]:.6g}" if c in row else "" for c in columns)])
+        _write_csv(self.path, self.rows, list(CURVE_COLUMNS))
+        if self.timing_path:
+            _write_csv(self.timing_path, self.rows, list(TIMING_COLUMNS))
+
+    def column(self, name: str) -> dict[int, float]:
+        """{step: value} of one column."""
+        return {s: r[name] for s, r in sorted(self.rows.items()) if name in r}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows = {int(k): dict(v) for k, v in state["rows"].items()}
 
 
 class TokenShare(Callback):
@@ -65,6 +102,8 @@ class TokenShare(Callback):
         counts = real_tokens(batch, self.pad_id)
         for kind, name in KIND_NAMES.items():
             self.tokens[name] += int(counts[batch["kind"] == kind].sum())
+
+    def batch_end(self, state: State, logger: Logger) -> None:
         total = sum(self.tokens.values())
         logger.log_metrics({"data/tokens": total, "data/image_token_share": self.tokens["captions"] / total})
 
@@ -72,7 +111,50 @@ class TokenShare(Callback):
         total = sum(self.tokens.values()) or 1
         return {name: n / total for name, n in self.tokens.items()}
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"tokens": dict(self.tokens)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tokens = dict(state["tokens"])
+
+
+class Health(Callback):
+    """Stops the run at the first non-finite loss, before that step is checkpointed; `VLM_CRASH_AT`
+    (vlm/faults.py) kills the process after a given step for the crash tests."""
+
+    def __init__(self, stage: str):
+        self.stage = stage
+
+    def after_loss(self, state: State, logger: Logger) -> None:
+        losses = state.loss.values() if isinstance(state.loss, dict) else [state.loss]
+        values = [float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for v in losses]
+        if not all(math.isfinite(v) for v in values):
+            raise FloatingPointError(
+                f"{self.stage}: the training loss is {values[0] if len(values) == 1 else values} at step "
+                f"{state.timestamp.batch.value + 1}; stopped before that step was applied or checkpointed "
+                "(lower the learning rate or check the data of this step)"
+            )
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        crash_point(f"{self.stage}:step{state.timestamp.batch.value}")
+
 
 def count_params(module: torch.nn.Module) -> dict[str, int]:
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     return {"params": num_params(module), "trainable_params": trainable}
+
+
+class SaveWeightsAt(Callback):
+    """Saves `module`'s weights (a `vlm.model.store` folder, safetensors) right after each of `steps`.
+
+    The text run's branch points: results, unlike Composer's resume checkpoints, so they hold the
+    weights alone and nothing that differs from run to run.
+    """
+
+    def __init__(self, module: torch.nn.Module, steps: set[int], folder: Path):
+        self.module, self.steps, self.folder = module, steps, Path(folder)
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        step = state.timestamp.batch.value
+        if step in self.steps:
+            store.save(self.module, self.folder / f"ba{step}")

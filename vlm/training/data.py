@@ -10,17 +10,23 @@ import numpy as np
 import torch
 from composer.core import DataSpec
 from PIL import Image
-from streaming import Stream, StreamingDataset
+from streaming import Stream, StreamingDataLoader, StreamingDataset
 from streaming.base.util import clean_stale_shared_memory
-from torch.utils.data import DataLoader
 
 TEXT, CAPTION, INSTRUCT = 0, 1, 2  # sample kinds, as counted by TokenShare
 KIND_NAMES = {TEXT: "text", CAPTION: "captions", INSTRUCT: "instruct"}
 
 
-def decode_image(data: bytes, blank: bool = False) -> Image.Image:
-    image = Image.open(io.BytesIO(data)).convert("RGB")
-    return Image.new("RGB", image.size, (128, 128, 128)) if blank else image
+GREY = (128, 128, 128)  # the blank image of the control run
+
+
+def decode_image(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def blank_like(image: Image.Image) -> Image.Image:
+    """A uniform grey image of the same size: the control run's stand-in for `image`."""
+    return Image.new("RGB", image.size, GREY)
 
 
 class Collator:
@@ -57,7 +63,7 @@ class Collator:
         for s in samples:
             tokens, mask, has_image = self.expand(np.asarray(s["tokens"]), np.asarray(s["mask"]))
             if has_image:
-                images.append(decode_image(s["image"], self.blank))
+                images.append(decode_image(s["image"]))
             kinds.append(INSTRUCT if self.ids["user"] in tokens else CAPTION if has_image else TEXT)
             seqs.append(tokens)
             masks.append(mask)
@@ -69,9 +75,20 @@ class Collator:
             loss_mask[i, : len(m)] = torch.from_numpy(m.astype(np.int64))
         batch = {"input_ids": input_ids, "loss_mask": loss_mask, "kind": torch.tensor(kinds, dtype=torch.long)}
         if images:
-            batch["images"] = self.to_tensor(images)
+            batch["images"] = self.pixels(images)
         return batch
 
+    def pixels(self, images: list[Image.Image]) -> torch.Tensor:
+        """The model's image input for `images`: blanked when `blank_images`, then preprocessed.
+
+        Training batches and evaluation prompts both go through here, so the control run blanks
+        every image the model ever sees.
+        """
+        if self.to_tensor is None:
+            raise ValueError("this collator has no image preprocessing (to_tensor) for a text-only model")
+        if self.blank:
+            images = [blank_like(im) for im in images]
+        return self.to_tensor(images)
 
     def split(self, batch: dict, microbatch_size: int) -> list[dict]:
         """Composer microbatches: rows in chunks, each with exactly the images of its rows."""
@@ -120,7 +137,8 @@ def mixed_dataset(parts: dict[Path, int], split: str, batch_size: int, seed: int
 
 
 def loader(ds: StreamingDataset, collate: Collator, batch_size: int) -> DataSpec:
-    dl = DataLoader(ds, batch_size=batch_size, collate_fn=collate, num_workers=0)
+    """A Composer DataSpec over a StreamingDataLoader (whose position Composer checkpoints)."""
+    dl = StreamingDataLoader(ds, batch_size=batch_size, collate_fn=collate, num_workers=0)
     pad = collate.ids["pad"]
     return DataSpec(
         dl,

@@ -1,0 +1,165 @@
+"""Trustworthy runs: crashes resume to the same result, nothing partial is ever cached, a bad step
+stops the run, and a run with other params never picks up another run's checkpoint.
+
+The crashes are real SIGKILLs, placed by `VLM_CRASH_AT` (vlm/faults.py) so they land at the same
+point every time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from dvcrepo import make_repo, ran, run
+from torch.utils.data import DataLoader
+
+from vlm.config import load
+from vlm.model.lm import LM, LMConfig
+from vlm.training import resume as R
+from vlm.training.composer_model import ComposerLM
+from vlm.training.data import Collator
+from vlm.training.schedules import warmup_cosine_scheduler
+from vlm.training.trainer import make_trainer
+
+
+def cached_dirs(repo: Path) -> set[str]:
+    """The md5 of every directory manifest in the DVC cache."""
+    return {p.parent.name + p.name.removesuffix(".dir") for p in (repo / ".dvc/cache").rglob("*.dir")}
+
+
+def locked_dirs(repo: Path) -> set[str]:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    return {o["md5"].removesuffix(".dir") for st in lock.values() for o in st.get("outs", [])
+            if o["md5"].endswith(".dir")}
+
+
+@pytest.mark.slow
+def test_killed_stages_resume_to_the_same_lock_file(tmp_path, tiny):
+    """One repository, four `dvc repro`s, three SIGKILLs: mid-write in stream-shard, at step 7 of
+    text-pretrain (resume checkpoints every 3 steps, branch points every 2) and at step 4 of
+    mixed-cooldown. The end state is bit-identical to the uninterrupted run's: the same dvc.lock
+    (every weight, metric and curve hash), hence the same final validation loss."""
+    repo = make_repo(tmp_path / "repo", **{"resume.checkpoint_interval": 3})
+
+    # 1. killed while writing data/shards: nothing partial replaces the output or enters the cache
+    proc = run(repo, "dvc", "repro", check=False, env={"VLM_CRASH_AT": "write:data/shards"})
+    assert proc.returncode != 0 and ran(proc)[-1] == "stream-shard"
+    assert not (repo / "data/shards").exists() and (repo / "data/.shards.tmp").is_dir()
+    assert "stream-shard" in run(repo, "dvc", "status").stdout
+    assert cached_dirs(repo) == locked_dirs(repo)  # only the completed prepare and tokenize outputs
+
+    # 2. text-pretrain killed after step 7: the last resume checkpoint is step 6
+    proc = run(repo, "dvc", "repro", check=False, env={"VLM_CRASH_AT": "text-pretrain:step7"})
+    assert proc.returncode != 0 and ran(proc)[-1] == "text-pretrain"
+    assert not (repo / "data/.shards.tmp").exists()  # the next run cleared the stale temporary folder
+    (folder,) = (repo / "checkpoints/text-pretrain").iterdir()
+    assert os.readlink(folder / "latest-rank0.pt") == "ba6.pt"
+    assert sorted(p.name for p in (folder / "branch_points").iterdir()) == ["ba2", "ba4", "ba6"]
+    assert not (repo / "data/pretrain").exists()
+
+    # 3. text-pretrain resumes; mixed-cooldown is killed after step 4 (checkpoint at 3)
+    proc = run(repo, "dvc", "repro", check=False, env={"VLM_CRASH_AT": "mixed-cooldown:step4"})
+    assert "text-pretrain: resumed from the checkpoint at step 6" in proc.stdout
+    assert proc.returncode != 0 and ran(proc)[-1] == "mixed-cooldown"
+    assert not (repo / "checkpoints/text-pretrain").exists()  # removed once its outputs were written
+
+    # 4. mixed-cooldown resumes, the rest runs
+    proc = run(repo, "dvc", "repro")
+    assert "mixed-cooldown: resumed from the checkpoint at step 3" in proc.stdout
+    assert ran(proc) == ["mixed-cooldown", "finetune", "evaluate"]
+
+    assert (repo / "dvc.lock").read_text() == (tiny.parent / "first-dvc.lock").read_text()
+    first = json.loads((repo / "metrics/pretrain.json").read_text())["val_loss"]
+    assert first == json.loads((tiny.parent / "first-metrics-pretrain.json").read_text())["val_loss"]
+    assert cached_dirs(repo) == locked_dirs(repo)
+    assert "up to date" in run(repo, "dvc", "status").stdout
+
+
+# ---- which checkpoint a run may resume from ------------------------------------------------------
+
+def test_the_resume_folder_is_keyed_by_params_code_and_data(tmp_path, monkeypatch):
+    from pipeline.common import resume_for
+
+    repo = make_repo(tmp_path / "repo")
+    monkeypatch.chdir(repo)
+    cfg = load()
+    base = resume_for("mixed-cooldown", cfg)
+    assert base.folder.parent == Path("checkpoints/mixed-cooldown") and base.run_name.startswith("mixed-cooldown-")
+    assert resume_for("mixed-cooldown", cfg) == base  # stable
+    other_ratio = dataclasses.replace(cfg, cooldown=dataclasses.replace(cfg.cooldown, image_ratio=0.3))
+    assert resume_for("mixed-cooldown", other_ratio).folder != base.folder
+    other_eval = dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, batch_size=7))
+    assert resume_for("mixed-cooldown", other_eval).folder == base.folder  # not a param of this stage
+    (repo / "vlm/data/mixing.py").write_text((repo / "vlm/data/mixing.py").read_text() + "\n# changed\n")
+    assert resume_for("mixed-cooldown", cfg).folder != base.folder  # its code changed
+    (repo / "data/branch").mkdir(parents=True)
+    (repo / "data/branch/branch.json").write_text("{}")
+    changed = resume_for("mixed-cooldown", cfg).folder
+    (repo / "data/branch/branch.json").write_text('{"lr": 1}')
+    assert resume_for("mixed-cooldown", cfg).folder != changed  # its input data changed
+
+
+# ---- training health ------------------------------------------------------------------------------
+
+IDS = {"bos": 0, "eos": 1, "pad": 2, "image": 3, "user": 4, "assistant": 5}
+
+
+class NanAtStep(ComposerLM):
+    """A tiny LM whose loss turns NaN at one step."""
+
+    def __init__(self, nan_step: int):
+        super().__init__(LM(LMConfig(vocab_size=40, d_model=16, n_layer=1, n_head=2, max_seq_len=32)))
+        self.nan_step, self.calls = nan_step, 0
+
+    def loss(self, outputs, batch):
+        self.calls += 1
+        loss = super().loss(outputs, batch)
+        return loss * float("nan") if self.calls == self.nan_step else loss
+
+
+def tiny_loader() -> DataLoader:
+    rng = np.random.default_rng(0)
+    samples = [{"tokens": rng.integers(6, 40, 12).astype(np.int32), "mask": np.ones(12, np.uint8), "image": b""}
+               for _ in range(32)]
+    return DataLoader(samples, batch_size=4, collate_fn=Collator(IDS))
+
+
+def test_a_non_finite_loss_stops_the_run_naming_stage_and_step_before_it_is_checkpointed(tmp_path):
+    resume = R.Resume(tmp_path / "ckpt", "nan-test", interval=1)
+    trainer = make_trainer(NanAtStep(3), tiny_loader(), "6ba", 1e-3, warmup_cosine_scheduler(0, 0.1), "nan-test", 0,
+                           curves=tmp_path / "curves.csv", resume=resume)
+    with pytest.raises(FloatingPointError, match=r"nan-test: the training loss is nan at step 3"):
+        trainer.fit()
+    saved = sorted(p.name for p in resume.folder.glob("ba*.pt"))
+    assert saved == ["ba2.pt"]  # steps 1 and 2 were checkpointed (only the latest is kept), step 3 never
+
+
+def test_a_disk_too_small_for_the_checkpoint_fails_before_training(tmp_path, monkeypatch):
+    model = NanAtStep(0)
+    need = R.checkpoint_bytes(model)
+    assert need == 3 * 4 * sum(p.numel() for p in model.parameters())  # fp32 weights + two AdamW moments
+    monkeypatch.setattr(R.shutil, "disk_usage", lambda _: type("U", (), {"free": need // 2})())
+    with pytest.raises(OSError, match=r"ckpt: not enough disk space for the disk-test resume checkpoint"):
+        make_trainer(model, tiny_loader(), "2ba", 1e-3, warmup_cosine_scheduler(0, 0.1), "disk-test", 0,
+                     curves=tmp_path / "curves.csv", resume=R.Resume(tmp_path / "ckpt", "disk-test", 1))
+    monkeypatch.setattr(R.shutil, "disk_usage", lambda _: type("U", (), {"free": need * 2})())
+    R.check_disk_space(tmp_path / "ckpt", need, "it")  # enough: no error
+
+
+def test_crash_points_fire_only_where_named(monkeypatch):
+    from vlm import faults
+
+    killed = []
+    monkeypatch.setattr(faults.os, "kill", lambda pid, sig: killed.append(sig))
+    monkeypatch.setenv(faults.ENV, "text-pretrain:step7")
+    faults.crash_point("text-pretrain:step6")
+    faults.crash_point("mixed-cooldown:step7")
+    assert killed == []
+    faults.crash_point("text-pretrain:step7")
+    assert len(killed) == 1
+

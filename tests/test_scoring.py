@@ -1,0 +1,265 @@
+"""Evaluation scoring: greedy decoding, left-padded batches, option log-likelihoods, POPE parsing and
+the blank-image control, with tiny real models (nothing downloaded) and scripted fakes."""
+
+from __future__ import annotations
+
+import functools
+from itertools import product
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from vlm.data.tokenizer import IMAGE_MARK, Codec, train_tokenizer
+from vlm.evaluation import scoring
+from vlm.evaluation.scoring import MC_PROMPT, generate, left_pad, option_logprobs, score_mc, score_pope
+from vlm.model.lm import LM, lm_config
+from vlm.model.vision import build_clip, image_tensor, preprocess_config, tiny_clip_config
+from vlm.model.vlm import VLM, build_vlm
+from vlm.training.data import GREY, Collator
+
+VOCAB, IMAGE_SIZE, PATCH = 300, 16, 8  # 2x2 patches: 4 image tokens per image
+QUESTIONS = [  # clearly different token lengths
+    "what colour?",
+    "how many shapes are there in the picture?",
+    "is there a big red circle at the top left of the picture, near the bottom in the middle?",
+]
+
+
+def sentences() -> list[str]:
+    colours = ["red", "green", "blue", "yellow"]
+    shapes = ["circle", "square", "triangle", "cross"]
+    places = ["at the top left", "on the right", "near the bottom", "in the middle"]
+    counts = ["one", "two", "three"]
+    text = [f"there are {n} {c} {s}s {p}." for c, s, p, n in product(colours, shapes, places, counts)]
+    return text + ["question: what does the blorp eat? answer: honey.", "is there a shape? yes. no."]
+
+
+@pytest.fixture(scope="module")
+def codec() -> Codec:
+    return Codec(train_tokenizer(sentences(), VOCAB, show_progress=False))
+
+
+def tiny_lm_config(codec: Codec):
+    return lm_config("tiny", vocab_size=codec.vocab_size, max_seq_len=128, n_layer=2, d_model=64, n_head=2,
+                     d_head=32)
+
+
+@pytest.fixture(scope="module")
+def vlm(codec: Codec) -> VLM:
+    torch.manual_seed(0)
+    cfg = tiny_clip_config(image_size=IMAGE_SIZE, patch_size=PATCH, width=32, layers=2, heads=2, embed_dim=32,
+                           vocab_size=codec.vocab_size, context_length=12, pad_id=codec.ids["pad"],
+                           eos_id=codec.ids["eos"])
+    clip = build_clip(cfg)
+    # As load_clip does for a saved encoder: the preprocess config travels with the visual tower.
+    open_clip.set_model_preprocess_cfg(clip, preprocess_config(IMAGE_SIZE))
+    model = build_vlm(tiny_lm_config(codec), clip, codec.ids["image"], freeze_encoder=True).eval()
+    assert model.num_image_tokens == 4
+    return model
+
+
+@pytest.fixture(scope="module")
+def lm(codec: Codec) -> LM:
+    torch.manual_seed(1)
+    return LM(tiny_lm_config(codec)).eval()
+
+
+def collator(codec: Codec, num_image_tokens: int, blank: bool = False) -> Collator:
+    to_tensor = functools.partial(image_tensor, preprocess_cfg=preprocess_config(IMAGE_SIZE))
+    return Collator(codec.ids, num_image_tokens, to_tensor, blank_images=blank)
+
+
+def solid(rgb: tuple[int, int, int]) -> Image.Image:
+    return Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), rgb)
+
+
+def noisy(seed: int) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+@torch.no_grad()
+def last_logits(model, collate: Collator, codec: Codec, questions: list[str], images: list[Image.Image]):
+    """The logits `generate` takes its first token from: the prompts built, padded and masked as it does."""
+    prompts = [np.array(codec.prompt(f"{IMAGE_MARK}\n{q}")) for q in questions]
+    ids, mask = left_pad([collate.expand(p, np.zeros_like(p))[0] for p in prompts], codec.ids["pad"])
+    return model(ids, images=collate.pixels(images), pad_mask=mask)[:, -1]
+
+
+# ---------------------------------------------------------------- greedy decoding with a scripted model
+
+
+class Scripted(nn.Module):
+    """A fake VLM whose argmax at step s of row b is `scripts[b][s]` (the last entry repeats)."""
+
+    def __init__(self, vocab_size: int, eos: int, scripts: list[list[int]]):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+        self.vocab_size, self.eos, self.scripts = vocab_size, eos, scripts
+        self.inputs: list[torch.Tensor] = []
+
+    def token(self, b: int, step: int) -> int:
+        script = self.scripts[b]
+        return script[min(step, len(script) - 1)]
+
+    def forward(self, ids, images=None, pad_mask=None):
+        assert pad_mask is not None and pad_mask.shape == ids.shape
+        assert images is not None and images.shape[0] == ids.shape[0] == len(self.scripts)
+        step = len(self.inputs)
+        if step:  # each call sees the previous ids plus the token chosen last time (eos once a row is done)
+            assert torch.equal(ids[:, :-1], self.inputs[-1])
+            fed = [self.eos if self.eos in self.scripts[b][: step - 1] else self.token(b, step - 1)
+                   for b in range(len(self.scripts))]
+            assert ids[:, -1].tolist() == fed
+            assert pad_mask[:, -1].all()
+        self.inputs.append(ids.clone())
+        logits = torch.zeros(ids.shape[0], ids.shape[1], self.vocab_size)
+        for b in range(len(self.scripts)):
+            logits[b, -1, self.token(b, step)] = 1.0
+        return logits
+
+
+def test_generate_stops_at_eos_and_drops_what_follows(codec):
+    eos = codec.ids["eos"]
+    first, second = codec.encode("red circle"), codec.encode("two")
+    trailing = codec.encode(" blue square")
+    assert len(first) > len(second) >= 1
+    model = Scripted(codec.vocab_size, codec.ids["eos"], [first + [eos] + trailing, second + [eos] + trailing])
+    answers = generate(model, collator(codec, 4), codec, ["what is it?", "how many?"],
+                       [solid((255, 0, 0)), solid((0, 0, 255))], max_new_tokens=20)
+    assert answers == [codec.decode(first), codec.decode(second)] == ["red circle", "two"]
+    # One call per token of the longer answer plus the call that produced its eos; nothing after.
+    assert len(model.inputs) == len(first) + 1
+
+
+def test_generate_an_immediate_eos_is_an_empty_answer(codec):
+    model = Scripted(codec.vocab_size, codec.ids["eos"], [[codec.ids["eos"], *codec.encode("red")]])
+    answers = generate(model, collator(codec, 4), codec, ["what?"], [solid((255, 0, 0))], max_new_tokens=5)
+    assert answers == [""] and len(model.inputs) == 1
+
+
+def test_generate_stops_after_max_new_tokens_without_eos(codec):
+    script = codec.encode("red blue green circle square")
+    assert len(script) >= 4 and codec.ids["eos"] not in script
+    model = Scripted(codec.vocab_size, codec.ids["eos"], [script])
+    answers = generate(model, collator(codec, 4), codec, ["what?"], [solid((255, 0, 0))], max_new_tokens=3)
+    assert answers == [codec.decode(script[:3])]
+    assert len(codec.decode(script[:3])) < len(codec.decode(script[:4]))  # a 4th token would show
+    assert len(model.inputs) == 3
+
+
+# ---------------------------------------------------------------- left padding with a real tiny VLM
+
+
+def test_batched_answers_equal_one_at_a_time(codec, vlm):
+    lengths = [len(codec.prompt(f"{IMAGE_MARK}\n{q}")) for q in QUESTIONS]
+    assert lengths[0] + 5 < lengths[1] and lengths[1] + 5 < lengths[2]
+    collate = collator(codec, vlm.num_image_tokens)
+    images = [noisy(0), solid((220, 50, 40)), noisy(2)]
+    batched = generate(vlm, collate, codec, QUESTIONS, images, max_new_tokens=6)
+    alone = [generate(vlm, collate, codec, [q], [im], max_new_tokens=6)[0]
+             for q, im in zip(QUESTIONS, images, strict=True)]
+    assert batched == alone
+    assert any(batched), "the tiny model should say something (a test of empty strings proves little)"
+
+    logits = last_logits(vlm, collate, codec, QUESTIONS, images)
+    for i, (q, im) in enumerate(zip(QUESTIONS, images, strict=True)):
+        torch.testing.assert_close(logits[i], last_logits(vlm, collate, codec, [q], [im])[0], rtol=0, atol=1e-5)
+    # The rows really differ, so matching them is not trivial.
+    assert (logits[0] - logits[1]).abs().amax() > 1e-3 and (logits[1] - logits[2]).abs().amax() > 1e-3
+
+
+# ---------------------------------------------------------------- option log-likelihoods
+
+
+def test_option_logprobs_equal_the_hand_computed_sums(codec, lm):
+    prompt = MC_PROMPT.format(stem="what does the blorp eat?")
+    options = ["honey", "a big blue triangle at the top", "two"]
+    context = [codec.ids["bos"], *codec.encode(prompt)]
+    conts = [codec.encode(" " + o) for o in options]
+    assert len({len(c) for c in conts}) == len(conts)
+    expected = []
+    with torch.no_grad():
+        for cont in conts:
+            seq = torch.tensor([context + cont])
+            logp = F.log_softmax(lm(seq)[0].float(), dim=-1)
+            # token at position t is predicted by position t - 1
+            expected.append(sum(float(logp[t - 1, seq[0, t]]) for t in range(len(context), seq.shape[1])))
+    got = option_logprobs(lm, codec, prompt, options)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    assert max(expected) - min(expected) > 1e-2  # the options are told apart
+
+    best = int(np.argmax(expected))
+    item = {"stem": "what does the blorp eat?", "choices": options}
+    assert score_mc(lm, codec, [{**item, "answer": best}])["accuracy"] == 1.0
+    assert score_mc(lm, codec, [{**item, "answer": (best + 1) % 3}])["accuracy"] == 0.0
+
+
+def test_left_pad():
+    ids, mask = left_pad([np.array([5, 6, 7]), np.array([8])], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert mask.tolist() == [[True, True, True], [False, False, True]]
+
+
+# ---------------------------------------------------------------- POPE answers
+
+
+@pytest.mark.parametrize(("preds", "labels", "accuracy", "yes_rate"), [
+    (["Yes.", "no", ""], ["yes", "no", "yes"], 2 / 3, 1 / 3),
+    (["No, there is not.", "YES", "yes, there is one"], ["no", "no", "yes"], 2 / 3, 2 / 3),
+    (["nope", "y", "the answer is yes"], ["no", "yes", "yes"], 0.0, 0.0),  # neither yes nor no
+    (["  Yes!  ", "No.", "yes"], ["yes", "no", "yes"], 1.0, 2 / 3),
+])
+def test_pope_reads_the_first_word_of_the_answer(monkeypatch, preds, labels, accuracy, yes_rate):
+    questions = [f"is there a red circle number {i}?" for i in range(len(preds))]
+    answer_of = dict(zip(questions, preds, strict=True))
+    calls = []
+
+    def fake_generate(model, collate, codec, qs, images, max_new_tokens):
+        calls.append((list(qs), list(images), max_new_tokens))
+        return [answer_of[q] for q in qs]
+
+    monkeypatch.setattr(scoring, "generate", fake_generate)
+    items = [{"text": q, "image": f"img{i}", "label": lab}
+             for i, (q, lab) in enumerate(zip(questions, labels, strict=True))]
+    result = score_pope(None, None, None, items, lambda name: name.upper(), batch_size=2, max_new_tokens=4)
+    assert result["accuracy"] == pytest.approx(accuracy)
+    assert result["yes_rate"] == pytest.approx(yes_rate)
+    assert calls == [(questions[:2], ["IMG0", "IMG1"], 4), (questions[2:], ["IMG2"], 4)]
+
+
+# ---------------------------------------------------------------- the blank-image control
+
+
+def test_blank_images_make_the_image_invisible_to_evaluation(codec, vlm):
+    red, blue = solid((255, 0, 0)), solid((0, 0, 255))
+    question = ["what colour are the shapes?"]
+    blank, seeing = collator(codec, vlm.num_image_tokens, blank=True), collator(codec, vlm.num_image_tokens)
+
+    grey = (torch.tensor(GREY, dtype=torch.float32) / 255 - 0.5) / 0.5
+    for image in (red, blue):
+        torch.testing.assert_close(blank.pixels([image]), grey.view(1, 3, 1, 1).expand(1, 3, IMAGE_SIZE, IMAGE_SIZE))
+    assert torch.equal(blank.pixels([red]), blank.pixels([blue]))
+    logits = [last_logits(vlm, blank, codec, question, [image]) for image in (red, blue)]
+    assert torch.equal(*logits)
+    assert generate(vlm, blank, codec, question, [red], 5) == generate(vlm, blank, codec, question, [blue], 5)
+
+    assert not torch.allclose(seeing.pixels([red]), seeing.pixels([blue]))
+    seen_red, seen_blue = (last_logits(vlm, seeing, codec, question, [image]) for image in (red, blue))
+    assert not torch.allclose(seen_red, seen_blue, rtol=0, atol=1e-4)
+
+
+def test_the_pipelines_eval_collator_passes_the_blank_flag(codec, vlm):
+    from pipeline.common import image_collator  # imported here: the pipeline package is being refactored
+
+    red, blue = solid((255, 0, 0)), solid((0, 0, 255))
+    blank, seeing = image_collator(codec, vlm, blank=True), image_collator(codec, vlm, blank=False)
+    assert blank.n_img == seeing.n_img == vlm.num_image_tokens
+    assert torch.equal(blank.pixels([red]), blank.pixels([blue]))
+    assert torch.equal(blank.pixels([red]), collator(codec, vlm.num_image_tokens, blank=True).pixels([red]))
+    assert torch.equal(seeing.pixels([red, blue]), collator(codec, vlm.num_image_tokens).pixels([red, blue]))

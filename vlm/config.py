@@ -1,0 +1,379 @@
+"""The params schema: one frozen dataclass per section of params.yaml, checked before any work.
+
+`load()` reads params.yaml once and returns a `Config`; every stage's `run(cfg)` takes it. Checks:
+types (booleans strictly: "false" is not a boolean), ranges and allowed values per field, unknown
+keys (with a "did you mean"), missing keys, then the rules that tie fields together (ratios that
+sum above 1, a branch fraction that is not a saved branch point, ...). All problems are reported
+at once, each naming its dotted key. This module imports no torch, so a bad value fails in well
+under a second (`python -m pipeline.check_params`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PARAMS_FILE = "params.yaml"
+PRESETS = ("tiny", "79m", "1.4b")  # the LM shapes of vlm/model/lm.py (a test keeps the two in step)
+SPECIAL_TOKENS = 6  # bos, eos, pad, image, user, assistant (vlm/data/tokenizer.py)
+MIN_VOCAB = SPECIAL_TOKENS + 256  # the special tokens plus the byte alphabet of a byte-level BPE
+MAX_SEQ_LEN = 2048  # the LM's RoPE table; every stage's sequences stay below it
+
+
+class ParamError(ValueError):
+    """A value in params.yaml is missing, unknown, of the wrong type or out of range."""
+
+
+def spec(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+         choices: tuple | None = None, exists: str | None = None) -> Any:
+    """Field metadata: inclusive bounds (`lo_open` excludes `lo`), allowed values, or a path that
+    must exist (`exists` = "file", "dir" or "any") when it is not null."""
+    return field(metadata={"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "exists": exists})
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """The embedded synthetic world (docs/world.md)."""
+
+    n_text_docs: int = spec(1)
+    n_creatures: int = spec(2)  # at least one instruction creature and one evaluation creature
+    n_instruct_creatures: int = spec(1)
+    n_images: int = spec(1)
+    n_instruct: int = spec(1)
+    text_instruct_share: float = spec(0.0, 1.0)
+    n_eval: int = spec(1)
+    image_size: int = spec(16)
+
+    @property
+    def n_text_instruct(self) -> int:
+        return round(self.n_instruct * self.text_instruct_share)
+
+
+@dataclass(frozen=True)
+class TokenizeConfig:
+    vocab_size: int = spec(MIN_VOCAB)
+    tokenizer: str | None = spec(exists="file")
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    seq_len: int = spec(8, MAX_SEQ_LEN)
+    val_fraction: float = spec(0.0, 0.5, lo_open=True)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    preset: str = spec(choices=PRESETS)
+
+
+@dataclass(frozen=True)
+class TinyEncoderConfig:
+    """The tiny SigLIP-style open_clip encoder train-encoder builds when `vision.pretrained` is null."""
+
+    patch_size: int = spec(1)
+    width: int = spec(1)
+    layers: int = spec(2)  # the VLM reads the penultimate block
+    heads: int = spec(1)
+    embed_dim: int = spec(1)
+    steps: int = spec(1)
+    batch_size: int = spec(2)  # the SigLIP loss needs negatives
+    lr: float = spec(0.0, 1.0, lo_open=True)
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    pretrained: str | None = spec(exists="dir")
+    freeze: bool = spec()
+    blank_images: bool = spec()
+    tiny: TinyEncoderConfig = spec()
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    steps: int = spec(1)
+    batch_size: int = spec(1)
+    lr: float = spec(0.0, 1.0, lo_open=True)
+    warmup_steps: int = spec(0)
+    final_lr_ratio: float = spec(0.0, 1.0)
+    weight_decay: float = spec(0.0)
+    branch_points: list[float] = spec(0.0, 1.0, lo_open=True)
+
+    def branch_steps(self) -> dict[float, int]:
+        """{fraction: step} of every branch point (each lands on a whole step: checked by `load`)."""
+        return {float(f): round(f * self.steps) for f in self.branch_points}
+
+
+@dataclass(frozen=True)
+class BranchConfig:
+    fraction: float = spec(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class CooldownConfig:
+    steps: int = spec(1)
+    batch_size: int = spec(1)
+    image_ratio: float = spec(0.0, 1.0)
+    instruct_ratio: float = spec(0.0, 1.0)
+    min_continue_lr: float = spec(0.0)
+    rewarm_lr: float = spec(0.0, 1.0, lo_open=True)
+    warmup_steps: int = spec(0)
+    final_lr_ratio: float = spec(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    epochs: int = spec(1)
+    batch_size: int = spec(1)
+    lr: float = spec(0.0, 1.0, lo_open=True)
+    warmup_steps: int = spec(0)
+    final_lr_ratio: float = spec(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    batch_size: int = spec(1)
+    max_new_tokens: int = spec(1)
+
+
+@dataclass(frozen=True)
+class ResumeConfig:
+    """Crash recovery. Not a result: no stage lists it as a DVC param, and a resumed run ends with
+    the same weights as an uninterrupted one (tests/test_resume.py)."""
+
+    checkpoint_interval: int = spec(0)  # steps between resume checkpoints; 0 = none
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = spec(0)
+    prepare: PrepareConfig = spec()
+    tokenize: TokenizeConfig = spec()
+    shard: ShardConfig = spec()
+    model: ModelConfig = spec()
+    vision: VisionConfig = spec()
+    pretrain: PretrainConfig = spec()
+    branch: BranchConfig = spec()
+    cooldown: CooldownConfig = spec()
+    finetune: FinetuneConfig = spec()
+    evaluate: EvaluateConfig = spec()
+    resume: ResumeConfig = spec()
+
+
+# ---- building and checking ----------------------------------------------------------------------
+
+def _keys(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key of a config class, sections included (for "did you mean")."""
+    out = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        out.append(key)
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            out += _keys(hint, key + ".")
+    return out
+
+
+ALL_KEYS = _keys(Config)
+
+
+def _type_name(hint: Any) -> str:
+    if hint is bool:
+        return "a boolean (true/false)"
+    if hint is int:
+        return "an integer"
+    if hint is float:
+        return "a number"
+    if hint is str:
+        return "a string"
+    if typing.get_origin(hint) is list:
+        return "a list of numbers"
+    if isinstance(hint, types.UnionType):
+        return "a path (string) or null"
+    return "a mapping"
+
+
+def _check_value(key: str, value: Any, hint: Any, meta: dict, errors: list[str]) -> Any:
+    """The value converted to the field's type (int -> float), or None with an error appended."""
+    if isinstance(hint, types.UnionType):  # `str | None`: an optional path
+        if value is None or value == "":
+            return None
+        hint = str
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(hint)
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, list) or not value:
+            errors.append(f"`{key}` must be a non-empty list of numbers, got {value!r}")
+            return None
+        items = [_check_value(f"{key}[{i}]", v, float, meta, errors) for i, v in enumerate(value)]
+        return None if None in items else items
+    if not ok:
+        hint_text = ""
+        if hint is float and isinstance(value, str) and _is_number(value):
+            hint_text = f"; YAML reads {value} as text: write it with a decimal point, e.g. {float(value)!r}"
+        errors.append(f"`{key}` must be {_type_name(hint)}, got {value!r} ({type(value).__name__}){hint_text}")
+        return None
+    if hint is float:
+        value = float(value)
+        if not math.isfinite(value):
+            errors.append(f"`{key}` must be a finite number, got {value!r}")
+            return None
+    lo, hi, choices, exists = meta.get("lo"), meta.get("hi"), meta.get("choices"), meta.get("exists")
+    if choices is not None and value not in choices:
+        errors.append(f"`{key}` must be one of {list(choices)}, got {value!r}")
+        return None
+    if lo is not None and (value <= lo if meta.get("lo_open") else value < lo):
+        errors.append(f"`{key}` must be {'>' if meta.get('lo_open') else '>='} {lo}, got {value!r}")
+        return None
+    if hi is not None and value > hi:
+        errors.append(f"`{key}` must be <= {hi}, got {value!r}")
+        return None
+    if exists:
+        path = Path(value)
+        if not (path.is_file() if exists == "file" else path.is_dir() if exists == "dir" else path.exists()):
+            kind = {"file": "file", "dir": "folder"}.get(exists, "path")
+            errors.append(f"`{key}` names {value!r}, which is not an existing {kind}")
+            return None
+    return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def _did_you_mean(key: str) -> str:
+    """Up to three known keys a mistyped one may have meant: close spellings in its own section,
+    then names in that section that contain it (`cooldown.lr` -> `cooldown.rewarm_lr`, ...), then
+    close keys anywhere (`pretrian.steps` -> `pretrain.steps`)."""
+    if key in ALL_KEYS:  # `pretrain.lr: 0.1` written at the top level, as `dvc exp run -S` spells it
+        return f"; nest it: `{key.split('.')[-1]}` under `{key.rsplit('.', 1)[0]}:`"
+    section, _, leaf = key.rpartition(".")
+    prefix = section + "." if section else ""
+    siblings = [k[len(prefix):] for k in ALL_KEYS if k.startswith(prefix) and "." not in k[len(prefix):]]
+    close = difflib.get_close_matches(leaf, siblings, n=3, cutoff=0.6)
+    close = close or [s for s in siblings if leaf in s or s in leaf][:3]
+    found = [prefix + c for c in close] or difflib.get_close_matches(key, ALL_KEYS, n=3, cutoff=0.8)
+    return "; did you mean " + " or ".join(f"`{k}`" for k in found) + "?" if found else ""
+
+
+def build(cls: type, raw: Any, prefix: str, errors: list[str]) -> Any:
+    """An instance of the config dataclass `cls` from a mapping, appending every problem to `errors`."""
+    if not isinstance(raw, dict):
+        errors.append(f"`{prefix.rstrip('.') or 'params'}` must be a mapping, got {raw!r}")
+        return None
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            errors.append(f"`{prefix}{key}` is not a known param{_did_you_mean(prefix + str(key))}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if f.name not in raw:
+            errors.append(f"`{key}` is missing")
+            continue
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            values[f.name] = build(hint, raw[f.name], key + ".", errors)
+        else:
+            values[f.name] = _check_value(key, raw[f.name], hint, dict(f.metadata), errors)
+    if len(values) < len(names) or any(v is None and not _optional(hints[k]) for k, v in values.items()):
+        return None
+    return cls(**values)
+
+
+def _optional(hint: Any) -> bool:
+    return isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+
+
+def cross_checks(cfg: Config) -> list[str]:
+    """The rules that tie params together (each message names the keys involved)."""
+    from vlm.data.world import min_text_docs  # numpy only; kept here so the rule lives with the world
+
+    errors = []
+    p, pt, cd, vt = cfg.prepare, cfg.pretrain, cfg.cooldown, cfg.vision.tiny
+    if p.n_instruct_creatures > p.n_creatures - 1:
+        errors.append(f"`prepare.n_instruct_creatures` must be <= `prepare.n_creatures` - 1 = {p.n_creatures - 1} "
+                      f"(at least one creature is kept for evaluation), got {p.n_instruct_creatures}")
+    need = min_text_docs(p.n_creatures)
+    if p.n_text_docs < need:
+        errors.append(f"`prepare.n_text_docs` must be >= {need} to state every fact of {p.n_creatures} creatures "
+                      f"in every template, got {p.n_text_docs}")
+    if pt.warmup_steps > pt.steps:
+        errors.append(f"`pretrain.warmup_steps` {pt.warmup_steps} is longer than `pretrain.steps` {pt.steps}")
+    for f in pt.branch_points:
+        if abs(round(f * pt.steps) - f * pt.steps) > 1e-6:
+            errors.append(f"`pretrain.branch_points`: {f} of `pretrain.steps` {pt.steps} is not a whole step "
+                          f"({f * pt.steps:g}); choose steps divisible accordingly")
+    if len(set(pt.branch_points)) != len(pt.branch_points):
+        errors.append(f"`pretrain.branch_points` has duplicates: {pt.branch_points}")
+    valid = sorted({0.0, *pt.branch_points})
+    if not any(abs(cfg.branch.fraction - f) < 1e-9 for f in valid):
+        errors.append(f"`branch.fraction` {cfg.branch.fraction} is not a saved branch point; valid values: {valid} "
+                      "(0.0 = from scratch; add it to `pretrain.branch_points` to branch elsewhere)")
+    if cd.image_ratio + cd.instruct_ratio > 1 + 1e-9:
+        errors.append(f"`cooldown.image_ratio` + `cooldown.instruct_ratio` = {cd.image_ratio + cd.instruct_ratio:g}"
+                      " > 1 (the rest of the cooldown is text)")
+    active = sum(r > 0 for r in (1 - cd.image_ratio - cd.instruct_ratio, cd.image_ratio, cd.instruct_ratio))
+    if cd.batch_size < active:
+        errors.append(f"`cooldown.batch_size` {cd.batch_size} is smaller than the {active} mixed sources")
+    if cd.warmup_steps > cd.steps:
+        errors.append(f"`cooldown.warmup_steps` {cd.warmup_steps} is longer than `cooldown.steps` {cd.steps}")
+    if cfg.vision.pretrained is None:
+        if vt.width % vt.heads:
+            errors.append(f"`vision.tiny.width` {vt.width} is not divisible by `vision.tiny.heads` {vt.heads}")
+        if p.image_size % vt.patch_size:
+            errors.append(f"`prepare.image_size` {p.image_size} is not divisible by "
+                          f"`vision.tiny.patch_size` {vt.patch_size}")
+    return errors
+
+
+def parse(raw: Any, source: str = PARAMS_FILE) -> Config:
+    """A checked Config from an already-read params mapping; ParamError lists every problem."""
+    errors: list[str] = []
+    cfg = build(Config, raw, "", errors)
+    if cfg is not None and not errors:
+        errors = cross_checks(cfg)
+    if errors:
+        raise ParamError("\n".join(f"{source}: {e}" for e in errors))
+    return cfg
+
+
+def load(path: str | Path = PARAMS_FILE) -> Config:
+    """Read and check params.yaml (YAML's safe loader: plain data only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamError(f"{path}: params file not found (run from the repository root)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ParamError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except yaml.YAMLError as e:
+        mark, context = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        if context:
+            where += f" ({e.context} at line {context.line + 1})"
+        raise ParamError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from e
+    return parse(raw, str(path))
+
+
+def section(cfg: Config, dotted: str) -> Any:
+    """`section(cfg, "vision.freeze")` -> cfg.vision.freeze, as plain data (dicts for sections)."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return dataclasses.asdict(node) if dataclasses.is_dataclass(node) else node
