@@ -40,9 +40,9 @@ def locked_dirs(repo: Path) -> set[str]:
 
 @pytest.mark.slow
 def test_killed_stages_resume_to_the_same_lock_file(tmp_path, tiny):
-    """One repository, four `dvc repro`s, three SIGKILLs: mid-write in stream-shard, at step 7 of
-    text-pretrain (resume checkpoints every 3 steps, branch points every 2) and at step 4 of
-    mixed-cooldown. The end state is bit-identical to the uninterrupted run's: the same dvc.lock
+    """One repository, five `dvc repro`s, four SIGKILLs: mid-write in stream-shard, at step 7 of
+    text-pretrain (resume checkpoints every 3 steps, branch points every 2), at step 4 of
+    mixed-cooldown and at step 5 of finetune's single epoch. The end state is bit-identical to the uninterrupted run's: the same dvc.lock
     (every weight, metric and curve hash), hence the same final validation loss."""
     repo = make_repo(tmp_path / "repo", **{"resume.checkpoint_interval": 3})
 
@@ -68,10 +68,15 @@ def test_killed_stages_resume_to_the_same_lock_file(tmp_path, tiny):
     assert proc.returncode != 0 and ran(proc)[-1] == "mixed-cooldown"
     assert not (repo / "checkpoints/text-pretrain").exists()  # removed once its outputs were written
 
-    # 4. mixed-cooldown resumes, the rest runs
-    proc = run(repo, "dvc", "repro")
+    # 4. mixed-cooldown resumes; finetune (epochs, not steps) is killed mid-epoch after step 5
+    proc = run(repo, "dvc", "repro", check=False, env={"VLM_CRASH_AT": "finetune:step5"})
     assert "mixed-cooldown: resumed from the checkpoint at step 3" in proc.stdout
-    assert ran(proc) == ["mixed-cooldown", "finetune", "evaluate"]
+    assert proc.returncode != 0 and ran(proc) == ["mixed-cooldown", "finetune"]
+
+    # 5. finetune resumes mid-epoch at the Streaming loader's saved position; evaluate runs
+    proc = run(repo, "dvc", "repro")
+    assert "finetune: resumed from the checkpoint at step 3" in proc.stdout
+    assert ran(proc) == ["finetune", "evaluate"]
 
     assert (repo / "dvc.lock").read_text() == (tiny.parent / "first-dvc.lock").read_text()
     first = json.loads((repo / "metrics/pretrain.json").read_text())["val_loss"]
