@@ -88,13 +88,6 @@ def make_repo(dst: Path, **overrides) -> Path:
     return dst
 
 
-def lock_outs(repo_or_lock: Path, stages: list[str]) -> dict:
-    """{stage: [(out path, md5)]} from a repository's dvc.lock (or a lock file given directly)."""
-    lock_file = repo_or_lock if repo_or_lock.is_file() else repo_or_lock / "dvc.lock"
-    lock = yaml.safe_load(lock_file.read_text())["stages"]
-    return {s: [(o["path"], o["md5"]) for o in lock[s].get("outs", [])] for s in stages}
-
-
 def would_run(repo: Path) -> list[str]:
     out = run(repo, "dvc", "repro", "--dry").stdout
     return [s for s in STAGES if f"Running stage '{s}'" in out]

@@ -42,8 +42,9 @@ def locked_dirs(repo: Path) -> set[str]:
 def test_killed_stages_resume_to_the_same_lock_file(tmp_path, tiny):
     """One repository, five `dvc repro`s, four SIGKILLs: mid-write in stream-shard, at step 7 of
     text-pretrain (resume checkpoints every 3 steps, branch points every 2), at step 4 of
-    mixed-cooldown and at step 5 of finetune's single epoch. The end state is bit-identical to the uninterrupted run's: the same dvc.lock
-    (every weight, metric and curve hash), hence the same final validation loss."""
+    mixed-cooldown and at step 5 of finetune's single epoch. The end state is bit-identical to the
+    uninterrupted run's: the same dvc.lock (every weight, metric and curve hash), hence the same
+    final validation loss."""
     repo = make_repo(tmp_path / "repo", **{"resume.checkpoint_interval": 3})
 
     # 1. killed while writing data/shards: nothing partial replaces the output or enters the cache
