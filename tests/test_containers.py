@@ -1,0 +1,108 @@
+"""containers/run and the recipe, without a container engine (the real image is built and run by
+containers/test-image, which .ci/run calls): engine choice, arguments, errors, layering."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / "containers/run"
+
+
+def fake_bin(tmp_path: Path, engines: tuple[str, ...] = ("podman",), image_exists: bool = True) -> Path:
+    """A PATH with bash, the coreutils the script needs and fake engines that print their arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "dirname", "id", "cat"):
+        os.symlink(shutil.which(tool), bin_dir / tool)
+    for engine in engines:
+        script = bin_dir / engine
+        script.write_text(f"#!{shutil.which('bash')}\n"
+                          f'if [ "$1 $2" = "image inspect" ]; then exit {0 if image_exists else 1}; fi\n'
+                          'for a in "$@"; do echo "ARG $a"; done\n')
+        script.chmod(0o755)
+    return bin_dir
+
+
+def call(tmp_path, *args, engines=("podman",), image_exists=True, **env) -> subprocess.CompletedProcess:
+    path = fake_bin(tmp_path, engines, image_exists)
+    return subprocess.run([str(RUN), *args], capture_output=True, text=True,
+                          env={"PATH": str(path), "HOME": str(tmp_path), **env})
+
+
+def run_args(proc: subprocess.CompletedProcess) -> list[str]:
+    return [line.removeprefix("ARG ") for line in proc.stdout.splitlines() if line.startswith("ARG ")]
+
+
+def test_help_explains_it(tmp_path):
+    proc = call(tmp_path, "--help")
+    assert proc.returncode == 0 and "containers/run dvc repro" in proc.stdout and "VLM_CONTAINER_ENGINE" in proc.stdout
+
+
+def test_no_engine_says_what_to_do(tmp_path):
+    proc = call(tmp_path, "dvc", "repro", engines=())
+    assert proc.returncode == 1
+    assert "neither podman nor docker is installed" in proc.stderr and "make repro" in proc.stderr
+
+
+def test_a_chosen_engine_that_is_missing_is_named(tmp_path):
+    proc = call(tmp_path, "dvc", "repro", VLM_CONTAINER_ENGINE="nerdctl")
+    assert proc.returncode == 1 and "VLM_CONTAINER_ENGINE=nerdctl is not installed" in proc.stderr
+
+
+def test_a_bad_image_kind_is_refused(tmp_path):
+    proc = call(tmp_path, "dvc", "repro", VLM_IMAGE_KIND="tpu")
+    assert proc.returncode == 1 and "VLM_IMAGE_KIND must be cpu or gpu" in proc.stderr
+
+
+def test_the_run_mounts_the_repository_as_the_caller_with_shared_memory_and_env(tmp_path):
+    proc = call(tmp_path, "dvc", "exp", "run", "-S", "cooldown.image_ratio=0.1",
+                DVC_EXP_NAME="e1", AWS_ACCESS_KEY_ID="k", UNRELATED="x", VLM_IMAGE_KIND="cpu")
+    assert proc.returncode == 0, proc.stderr
+    args = run_args(proc)
+    assert args[0] == "run" and args[-6:] == ["vlm-recipe:cpu", "dvc", "exp", "run", "-S", "cooldown.image_ratio=0.1"]
+    assert f"{ROOT}:/work" in args and args[args.index("-w") + 1] == "/work"
+    assert "--shm-size" in args
+    uid = f"{os.getuid()}:{os.getgid()}"
+    assert (uid in args) if os.getuid() == 0 else ("--userns=keep-id" in args)
+    assert "GIT_CONFIG_VALUE_0=/work" in args
+    env = [args[i + 1] for i, a in enumerate(args) if a == "-e"]
+    assert "DVC_EXP_NAME" in env and "AWS_ACCESS_KEY_ID" in env and "UNRELATED" not in env
+
+
+def test_docker_gets_the_gpus_when_asked(tmp_path):
+    proc = call(tmp_path, "nvidia-smi", engines=("docker",), VLM_IMAGE_KIND="gpu")
+    args = run_args(proc)
+    assert args[args.index("--gpus") + 1] == "all" and "vlm-recipe:gpu" in args
+
+
+def test_a_missing_image_is_built_first_and_says_so(tmp_path):
+    proc = call(tmp_path, "true", image_exists=False, VLM_IMAGE_KIND="cpu")
+    assert "image vlm-recipe:cpu not found; building it" in proc.stderr
+    args = run_args(proc)
+    build = args[: args.index("run")]
+    assert build[0] == "build" and "BASE=docker.io/library/python:3.11-slim-bookworm" in build
+
+
+def test_the_recipe_installs_dependencies_from_pyproject_before_the_code():
+    recipe = (ROOT / "containers/Containerfile").read_text()
+    code = "\n".join(line for line in recipe.splitlines() if not line.lstrip().startswith("#"))
+    assert "torch" not in code and "mosaicml" not in code  # no second dependency list
+    order = [recipe.index(step) for step in ("COPY pyproject.toml", "pip install --no-cache-dir -r", "COPY vlm")]
+    assert order == sorted(order)  # a code change does not reinstall the dependencies
+    assert "USER vlm" in recipe and "ARG BASE=" in recipe
+    assert (ROOT / ".containerignore").read_text() == (ROOT / ".dockerignore").read_text()
+    ignored = (ROOT / ".containerignore").read_text().split()
+    assert {".venv", "data", ".dvc/cache"} <= set(ignored)
+
+
+@pytest.mark.parametrize("script", ["containers/run", "containers/test-image"])
+def test_scripts_are_executable_bash(script):
+    path = ROOT / script
+    assert os.access(path, os.X_OK)
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
