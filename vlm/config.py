@@ -35,7 +35,7 @@ class ParamError(ValueError):
 def spec(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
          choices: tuple | None = None, exists: str | None = None) -> Any:
     """Field metadata: inclusive bounds (`lo_open` excludes `lo`), allowed values, or a path that
-    must exist (`exists` = "file", "dir" or "any") when it is not null."""
+    must exist (`exists` = "file" or "dir") when it is not null."""
     return field(metadata={"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "exists": exists})
 
 
@@ -195,14 +195,13 @@ def _type_name(hint: Any) -> str:
         return "a string"
     if typing.get_origin(hint) is list:
         return "a list of numbers"
-    if isinstance(hint, types.UnionType):
-        return "a path (string) or null"
     return "a mapping"
 
 
 def _check_value(key: str, value: Any, hint: Any, meta: dict, errors: list[str]) -> Any:
     """The value converted to the field's type (int -> float), or None with an error appended."""
-    if isinstance(hint, types.UnionType):  # `str | None`: an optional path
+    optional = isinstance(hint, types.UnionType)  # `str | None`: an optional path
+    if optional:
         if value is None or value == "":
             return None
         hint = str
@@ -222,7 +221,8 @@ def _check_value(key: str, value: Any, hint: Any, meta: dict, errors: list[str])
         hint_text = ""
         if hint is float and isinstance(value, str) and _is_number(value):
             hint_text = f"; YAML reads {value} as text: write it with a decimal point, e.g. {float(value)!r}"
-        errors.append(f"`{key}` must be {_type_name(hint)}, got {value!r} ({type(value).__name__}){hint_text}")
+        expected = _type_name(hint) + (" or null" if optional else "")
+        errors.append(f"`{key}` must be {expected}, got {value!r} ({type(value).__name__}){hint_text}")
         return None
     if hint is float:
         value = float(value)
@@ -241,8 +241,8 @@ def _check_value(key: str, value: Any, hint: Any, meta: dict, errors: list[str])
         return None
     if exists:
         path = Path(value)
-        if not (path.is_file() if exists == "file" else path.is_dir() if exists == "dir" else path.exists()):
-            kind = {"file": "file", "dir": "folder"}.get(exists, "path")
+        if not (path.is_file() if exists == "file" else path.is_dir()):
+            kind = "file" if exists == "file" else "folder"
             errors.append(f"`{key}` names {value!r}, which is not an existing {kind}")
             return None
     return value
