@@ -5,10 +5,15 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+ifeq ($(VLM_CONTAINER),1)
+# Inside containers/run: the image's environment already holds every dependency.
+BIN := /opt/venv/bin
+STAMP :=
+endif
 
 .PHONY: install repro test lint check-params clean-venv
 
-$(STAMP): pyproject.toml
+$(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

@@ -14,6 +14,7 @@ import time
 
 from pipeline.common import build_vlm_from, codec, curve_paths, image_collator, resume_for, write_metrics
 from pipeline.paths import BRANCH, COOLDOWN, ENCODER, SHARDS
+from pipeline.streams import shards
 from vlm.config import Config
 from vlm.data.mixing import batch_counts, token_shares
 from vlm.io import atomic_dir, read_json
@@ -22,7 +23,7 @@ from vlm.training.callbacks import TokenShare, count_params
 from vlm.training.composer_model import ComposerLM
 from vlm.training.data import loader, mixed_dataset
 from vlm.training.schedules import cooldown_plan
-from vlm.training.trainer import make_trainer
+from vlm.training.trainer import is_main, join_processes, make_trainer, per_rank
 
 
 def mean_tokens(stats: dict, num_image_tokens: int) -> dict[str, float]:
@@ -35,6 +36,7 @@ def mean_tokens(stats: dict, num_image_tokens: int) -> dict[str, float]:
 
 
 def run(cfg: Config) -> None:
+    join_processes()
     cd = cfg.cooldown
     branch = read_json(BRANCH / "branch.json")
     plan = cooldown_plan(branch["lr"], cd.min_continue_lr, cd.rewarm_lr, cd.warmup_steps, cd.final_lr_ratio)
@@ -51,18 +53,21 @@ def run(cfg: Config) -> None:
         + ", ".join(f"{k} {v:.3f}" for k, v in expected.items()),
         flush=True,
     )
-    ds = mixed_dataset({SHARDS / k: n for k, n in counts.items()}, "train", cd.batch_size, cfg.seed,
+    batch = per_rank(cd.batch_size, "cooldown.batch_size")
+    ds = mixed_dataset({shards(cfg, k): n for k, n in counts.items()}, "train", batch, cfg.seed,
                        cd.steps * cd.batch_size)
     collate = image_collator(cdc, vlm, blank=cfg.vision.blank_images)
     share = TokenShare(cdc.ids["pad"])
     t0 = time.time()
     resume = resume_for("mixed-cooldown", cfg)
     trainer = make_trainer(
-        ComposerLM(vlm), loader(ds, collate, cd.batch_size), f"{cd.steps}ba", plan.peak_lr, plan.scheduler(),
+        ComposerLM(vlm), loader(ds, collate, batch), f"{cd.steps}ba", plan.peak_lr, plan.scheduler(),
         "mixed-cooldown", cfg.seed, **curve_paths("cooldown"), resume=resume, callbacks=[share],
     )
     trainer.fit()
     trainer.close()
+    if not is_main():  # the first process writes the outputs
+        return
     with atomic_dir(COOLDOWN) as tmp:
         store.save(vlm, tmp)
     resume.done()

@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 
 from pipeline.common import codec, curve_paths, image_collator, resume_for, write_metrics
-from pipeline.paths import COOLDOWN, ENCODER, FINETUNE, SHARDS
+from pipeline.paths import COOLDOWN, ENCODER, FINETUNE
+from pipeline.streams import shards
 from vlm.config import Config
 from vlm.io import atomic_dir
 from vlm.model import store
@@ -18,16 +19,18 @@ from vlm.training.callbacks import count_params
 from vlm.training.composer_model import ComposerLM
 from vlm.training.data import dataset, loader
 from vlm.training.schedules import warmup_cosine_scheduler
-from vlm.training.trainer import make_trainer, seed_everything
+from vlm.training.trainer import is_main, join_processes, make_trainer, per_rank, seed_everything
 
 
 def run(cfg: Config) -> None:
+    join_processes()
     ft = cfg.finetune
     cdc = codec()
     vlm = store.load_vlm(COOLDOWN, ENCODER, freeze_encoder=cfg.vision.freeze)
     seed_everything(cfg.seed)
-    ds = dataset(SHARDS / "instruct", "train", ft.batch_size, cfg.seed)
-    train = loader(ds, image_collator(cdc, vlm, blank=cfg.vision.blank_images), ft.batch_size)
+    batch = per_rank(ft.batch_size, "finetune.batch_size")
+    ds = dataset(shards(cfg, "instruct"), "train", batch, cfg.seed)
+    train = loader(ds, image_collator(cdc, vlm, blank=cfg.vision.blank_images), batch)
     print(f"finetune: {len(ds)} conversations x {ft.epochs} epochs, batch {ft.batch_size}", flush=True)
     t0 = time.time()
     resume = resume_for("finetune", cfg)
@@ -37,6 +40,8 @@ def run(cfg: Config) -> None:
     )
     trainer.fit()
     trainer.close()
+    if not is_main():  # the first process writes the outputs
+        return
     with atomic_dir(FINETUNE) as tmp:
         store.save(vlm, tmp)
     resume.done()

@@ -15,3 +15,6 @@ LOGS = Path("logs")
 # Wall-clock measurements (seconds, tokens/s): not DVC outputs and not in git, so results that
 # the params and seed determine stay bit-identical from run to run (design.md).
 TIMINGS = Path("timings")
+# Local copies of shards streamed from `shard.remote` (Streaming's cache), keyed by the shards'
+# index (whose sha1 of every shard makes it content-addressed). Not a DVC output, not in git.
+STREAM_CACHE = Path("cache/streams")

@@ -14,7 +14,8 @@ import time
 from composer.core import Event
 
 from pipeline.common import codec, curve_paths, new_lm, resume_for, write_metrics
-from pipeline.paths import PRETRAIN, SHARDS
+from pipeline.paths import PRETRAIN
+from pipeline.streams import shards
 from vlm.config import Config
 from vlm.io import atomic_dir, write_json
 from vlm.model.lm import num_params
@@ -22,10 +23,11 @@ from vlm.training.callbacks import SaveWeightsAt
 from vlm.training.composer_model import ComposerLM
 from vlm.training.data import Collator, dataset, loader
 from vlm.training.schedules import warmup_cosine, warmup_cosine_scheduler
-from vlm.training.trainer import curves_of, make_trainer
+from vlm.training.trainer import curves_of, is_main, join_processes, make_trainer, per_rank
 
 
 def run(cfg: Config) -> None:
+    join_processes()
     pt, seq_len = cfg.pretrain, cfg.shard.seq_len
     points = pt.branch_steps()
     save_at = set(points.values())
@@ -33,8 +35,9 @@ def run(cfg: Config) -> None:
     cdc = codec()
     lm = new_lm(cfg.model.preset, cdc.vocab_size, cfg.seed)
     collate = Collator(cdc.ids)
-    train = loader(dataset(SHARDS / "text", "train", pt.batch_size, cfg.seed), collate, pt.batch_size)
-    val = loader(dataset(SHARDS / "text", "val", pt.batch_size, cfg.seed, shuffle=False), collate, pt.batch_size)
+    batch, text = per_rank(pt.batch_size, "pretrain.batch_size"), shards(cfg, "text")
+    train = loader(dataset(text, "train", batch, cfg.seed), collate, batch)
+    val = loader(dataset(text, "val", batch, cfg.seed, shuffle=False), collate, batch)
     tokens_per_step = pt.batch_size * seq_len
     print(
         f"text-pretrain: {cfg.model.preset} LM, {num_params(lm):,} params, {pt.steps} steps x "
@@ -56,6 +59,8 @@ def run(cfg: Config) -> None:
     trainer.fit()
     val_loss = curves_of(trainer).column("val_loss")
     trainer.close()
+    if not is_main():  # the first process writes the outputs
+        return
     schedule = {
         "steps": pt.steps, "tokens_per_step": tokens_per_step, "lr": pt.lr, "warmup_steps": pt.warmup_steps,
         "final_lr_ratio": pt.final_lr_ratio, "branch_points": {str(f): s for f, s in points.items()},

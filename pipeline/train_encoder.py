@@ -16,7 +16,8 @@ from pathlib import Path
 from streaming import StreamingDataLoader
 
 from pipeline.common import codec, curve_paths, resume_for, write_metrics
-from pipeline.paths import ENCODER, SHARDS
+from pipeline.paths import ENCODER
+from pipeline.streams import shards
 from vlm.config import Config
 from vlm.io import atomic_dir
 from vlm.model.lm import num_params
@@ -48,14 +49,15 @@ def train_tiny(cfg: Config) -> dict:
     clip = build_clip(clip_cfg)
     batch = tiny.batch_size
     collate = CaptionCollator(cdc.ids, CONTEXT_LENGTH, functools.partial(image_tensor, preprocess_cfg=pp))
-    train = StreamingDataLoader(dataset(SHARDS / "captions", "train", batch, cfg.seed), batch_size=batch,
+    train = StreamingDataLoader(dataset(shards(cfg, "captions"), "train", batch, cfg.seed), batch_size=batch,
                                 collate_fn=collate)
     print(f"train-encoder: tiny SigLIP-style open_clip model, {num_params(clip):,} "
           f"params, {tiny.steps} steps of {batch} image-caption pairs", flush=True)
     resume = resume_for("train-encoder", cfg)
     trainer = make_trainer(ComposerCLIP(clip), train, f"{tiny.steps}ba", tiny.lr,
                            warmup_cosine_scheduler(max(tiny.steps // 10, 1), 0.1), "train-encoder", cfg.seed,
-                           **curve_paths("encoder"), resume=resume)
+                           **curve_paths("encoder"), resume=resume,
+                           loss_per_token=False)  # the SigLIP loss is over pairs, not tokens
     trainer.fit()
     losses = curves_of(trainer).column("loss")
     trainer.close()

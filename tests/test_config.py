@@ -171,6 +171,12 @@ CASES: dict[str, Case] = {
         "got 32")),
     "cooldown-batch-1": Case(put(cooldown__batch_size=1, cooldown__image_ratio=0.2, cooldown__instruct_ratio=0.0), (
         "`cooldown.batch_size`", "`cooldown.batch_size` 1 is smaller than the 2 mixed sources")),
+    "nproc-batch": Case(put(train__nproc=3, pretrain__batch_size=16, cooldown__batch_size=30,
+                            finetune__batch_size=30), (
+        "`pretrain.batch_size`", "`pretrain.batch_size` 16 is not divisible by `train.nproc` 3", "batch / nproc")),
+    "nproc-zero": Case(put(train__nproc=0), ("`train.nproc`", "`train.nproc` must be >= 1, got 0")),
+    "remote-not-url": Case(put(shard__remote="bucket/shards"), (
+        "`shard.remote`", "must be a URL such as s3://bucket/path", "'bucket/shards'")),
 }
 
 

@@ -75,6 +75,18 @@ def test_the_run_mounts_the_repository_as_the_caller_with_shared_memory_and_env(
     assert "DVC_EXP_NAME" in env and "AWS_ACCESS_KEY_ID" in env and "UNRELATED" not in env
 
 
+def test_extra_engine_arguments_and_the_multi_node_environment_pass_through(tmp_path):
+    proc = call(tmp_path, "composer", "-n", "8", "-m", "pipeline", "text-pretrain", VLM_IMAGE_KIND="cpu",
+                VLM_ENGINE_ARGS="--network host", WORLD_SIZE="16", NODE_RANK="1", MASTER_ADDR="10.0.0.1",
+                MASTER_PORT="29500", S3_ENDPOINT_URL="http://127.0.0.1:9000")
+    assert proc.returncode == 0, proc.stderr
+    args = run_args(proc)
+    image = args.index("vlm-recipe:cpu")
+    assert args[image - 2: image] == ["--network", "host"]
+    env = [args[i + 1] for i, a in enumerate(args) if a == "-e"]
+    assert {"WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "S3_ENDPOINT_URL"} <= set(env)
+
+
 def test_docker_gets_the_gpus_when_asked(tmp_path):
     proc = call(tmp_path, "nvidia-smi", engines=("docker",), VLM_IMAGE_KIND="gpu")
     args = run_args(proc)

@@ -109,10 +109,18 @@ def dvc_spec() -> dict:
 
 
 def test_every_stage_runs_through_the_dispatcher():
+    """Stages that split the batch over processes (`per_rank`) start under Composer's launcher with
+    `train.nproc` processes, and list `train` as a param; the others run in one plain process."""
     spec = dvc_spec()
     assert set(spec["stages"]) == set(STAGES)
+    launched = {s for s, mod in STAGES.items() if "per_rank(" in (ROOT / f"{mod.replace('.', '/')}.py").read_text()}
+    assert launched == {"text-pretrain", "mixed-cooldown", "finetune"}
     for stage, st in spec["stages"].items():
-        assert st["cmd"] == f"python -m pipeline {stage}"
+        if stage in launched:
+            assert st["cmd"] == f"composer -n ${{train.nproc}} -m pipeline {stage}"
+            assert "train" in st["params"]
+        else:
+            assert st["cmd"] == f"python -m pipeline {stage}"
 
 
 @pytest.mark.parametrize("stage", list(STAGES))

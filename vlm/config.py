@@ -67,6 +67,9 @@ class TokenizeConfig:
 class ShardConfig:
     seq_len: int = spec(8, MAX_SEQ_LEN)
     val_fraction: float = spec(0.0, 0.5, lo_open=True)
+    # Object storage the shards are also uploaded to, and the training stages stream from
+    # (e.g. s3://bucket/vlm/shards; credentials and endpoint from the AWS_* / S3_ENDPOINT_URL env).
+    remote: str | None = spec()
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,15 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """How the training stages run (text-pretrain, mixed-cooldown, finetune): `dvc.yaml` starts them
+    with Composer's launcher, `composer -n ${train.nproc}`. Every batch size stays the global batch;
+    each process takes batch / processes of it (tests/test_multiprocess.py)."""
+
+    nproc: int = spec(1)  # processes on this machine (GPUs on a GPU node; gloo processes on a CPU)
+
+
+@dataclass(frozen=True)
 class ResumeConfig:
     """Crash recovery. Not a result: no stage lists it as a DVC param, and a resumed run ends with
     the same weights as an uninterrupted one (tests/test_resume.py)."""
@@ -164,6 +176,7 @@ class Config:
     cooldown: CooldownConfig = spec()
     finetune: FinetuneConfig = spec()
     evaluate: EvaluateConfig = spec()
+    train: TrainConfig = spec()
     resume: ResumeConfig = spec()
 
 
@@ -333,6 +346,13 @@ def cross_checks(cfg: Config) -> list[str]:
         errors.append(f"`cooldown.batch_size` {cd.batch_size} is smaller than the {active} mixed sources")
     if cd.warmup_steps > cd.steps:
         errors.append(f"`cooldown.warmup_steps` {cd.warmup_steps} is longer than `cooldown.steps` {cd.steps}")
+    for key in ("pretrain.batch_size", "cooldown.batch_size", "finetune.batch_size"):
+        if section(cfg, key) % cfg.train.nproc:
+            errors.append(f"`{key}` {section(cfg, key)} is not divisible by `train.nproc` {cfg.train.nproc}: the "
+                          "global batch is split evenly over the training processes (batch / nproc each)")
+    remote = cfg.shard.remote
+    if remote is not None and "://" not in remote and not Path(remote).is_absolute():
+        errors.append(f"`shard.remote` must be a URL such as s3://bucket/path (or an absolute folder), got {remote!r}")
     if cfg.vision.pretrained is None:
         if vt.width % vt.heads:
             errors.append(f"`vision.tiny.width` {vt.width} is not divisible by `vision.tiny.heads` {vt.heads}")

@@ -20,6 +20,7 @@ from vlm.data.tokens import Ragged
 COLUMNS = {"tokens": "ndarray:int32", "mask": "ndarray:uint8", "image": "bytes"}
 SOURCES = ("text", "captions", "instruct")
 SPLITS = ("train", "val")
+HASHES = ["sha1"]  # each shard's hash in index.json: the index then pins the shards' contents
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> dict[str, np.ndarray]:
@@ -62,15 +63,19 @@ def _samples(name: str, source: Ragged, idx: np.ndarray, codec: Codec, raw_dir: 
 
 def write_shards(
     sources: dict[str, Ragged], codec: Codec, raw_dir: Path, out_dir: Path, seq_len: int, val_fraction: float,
-    seed: int, log=print,
+    seed: int, log=print, remote: str | None = None,
 ) -> dict:
-    """Write out_dir/{source}/{split}/ MDS datasets; returns per-split statistics."""
+    """Write out_dir/{source}/{split}/ MDS datasets (also uploaded to `remote`/{source}/{split} when
+    given); returns per-split statistics."""
     stats: dict = {}
     for k, name in enumerate(SOURCES):
         splits = split_indices(len(sources[name]), val_fraction, seed + k)
         for split in SPLITS:
             n, tokens, images = 0, 0, 0
-            with MDSWriter(out=str(out_dir / name / split), columns=COLUMNS, compression=None) as writer:
+            out = str(out_dir / name / split)
+            if remote:  # written here and uploaded as each shard is finished
+                out = (out, f"{remote.rstrip('/')}/{name}/{split}")
+            with MDSWriter(out=out, columns=COLUMNS, compression=None, hashes=HASHES, keep_local=True) as writer:
                 for sample in _samples(name, sources[name], splits[split], codec, raw_dir, seq_len):
                     writer.write(sample)
                     n += 1

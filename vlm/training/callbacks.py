@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from composer.core import Callback, State
 from composer.loggers import Logger, LoggerDestination
+from composer.utils import dist
 
 from vlm.faults import crash_point
 from vlm.model import store
@@ -67,10 +68,13 @@ class CurvesCSV(LoggerDestination):
                 row[column] = float(metrics[name])
 
     def batch_end(self, state: State, logger: Logger) -> None:
-        loss = sum(state.loss.values()) if isinstance(state.loss, dict) else state.loss
+        # Composer's total, averaged over the processes (the same number as `state.loss` in one process)
+        loss = state.total_loss_dict.get("loss/train/total", state.loss)
         self.rows.setdefault(state.timestamp.batch.value, {})["loss"] = float(loss)
 
     def fit_end(self, state: State, logger: Logger) -> None:
+        if dist.get_global_rank() != 0:
+            return
         _write_csv(self.path, self.rows, list(CURVE_COLUMNS))
         if self.timing_path:
             _write_csv(self.timing_path, self.rows, list(TIMING_COLUMNS))
@@ -90,7 +94,7 @@ class TokenShare(Callback):
     """Counts the real (non-pad) training tokens of each sample kind and logs the running shares.
 
     This is the *realised* image ratio of design.md: image + caption tokens of image-caption
-    samples over all training tokens.
+    samples over all training tokens, summed over every process's share of the global batch.
     """
 
     def __init__(self, pad_id: int):
@@ -100,8 +104,10 @@ class TokenShare(Callback):
     def after_dataloader(self, state: State, logger: Logger) -> None:
         batch = state.batch
         counts = real_tokens(batch, self.pad_id)
-        for kind, name in KIND_NAMES.items():
-            self.tokens[name] += int(counts[batch["kind"] == kind].sum())
+        per_kind = torch.stack([counts[batch["kind"] == kind].sum() for kind in KIND_NAMES])
+        dist.all_reduce(per_kind, reduce_operation="SUM")  # a no-op in one process
+        for name, n in zip(KIND_NAMES.values(), per_kind.tolist(), strict=True):
+            self.tokens[name] += int(n)
 
     def batch_end(self, state: State, logger: Logger) -> None:
         total = sum(self.tokens.values())
@@ -145,7 +151,8 @@ def count_params(module: torch.nn.Module) -> dict[str, int]:
 
 
 class SaveWeightsAt(Callback):
-    """Saves `module`'s weights (a `vlm.model.store` folder, safetensors) right after each of `steps`.
+    """Saves `module`'s weights (a `vlm.model.store` folder, safetensors) right after each of `steps`,
+    from the first process only (the others hold the same weights).
 
     The text run's branch points: results, unlike Composer's resume checkpoints, so they hold the
     weights alone and nothing that differs from run to run.
@@ -156,5 +163,5 @@ class SaveWeightsAt(Callback):
 
     def batch_end(self, state: State, logger: Logger) -> None:
         step = state.timestamp.batch.value
-        if step in self.steps:
+        if step in self.steps and dist.get_global_rank() == 0:
             store.save(self.module, self.folder / f"ba{step}")

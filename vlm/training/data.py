@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -111,19 +112,42 @@ def real_tokens(batch: dict, pad_id: int) -> torch.Tensor:
     return (batch["input_ids"] != pad_id).sum(dim=1)
 
 
-def dataset(folder: Path, split: str, batch_size: int, seed: int, shuffle: bool = True) -> StreamingDataset:
+# Where a training stage reads one source's shards: its local folder (data/shards/<source>), or
+# (local cache folder, remote URL) to stream them from object storage.
+Source = Path | tuple[Path, str | None]
+
+
+@functools.cache
+def _clean_shared_memory_once() -> None:
+    """Streaming's leftovers of a crashed run, removed once per process before its first dataset
+    (not before each: that would unlink the shared memory of the datasets already built)."""
     clean_stale_shared_memory()
+
+
+def _location(src: Source) -> dict[str, str | None]:
+    local, remote = src if isinstance(src, tuple) else (src, None)
+    return {"local": str(local), "remote": remote}
+
+
+def dataset(src: Source, split: str, batch_size: int, seed: int, shuffle: bool = True) -> StreamingDataset:
+    """One source's split; `batch_size` is this process's share of the global batch."""
+    _clean_shared_memory_once()
     return StreamingDataset(
-        local=str(folder), split=split, batch_size=batch_size, shuffle=shuffle, shuffle_seed=seed
+        **_location(src), split=split, batch_size=batch_size, shuffle=shuffle, shuffle_seed=seed
     )
 
 
-def mixed_dataset(parts: dict[Path, int], split: str, batch_size: int, seed: int, epoch_size: int):
-    """Stratified mix: every batch holds exactly `parts[folder]` samples of that source."""
-    clean_stale_shared_memory()
+def mixed_dataset(parts: dict[Source, int], split: str, batch_size: int, seed: int, epoch_size: int):
+    """Stratified mix: every global batch holds exactly `parts[src]` samples of that source.
+
+    `parts` counts samples of the global batch; `batch_size` is this process's share of it (Streaming
+    splits each stratified global batch over the processes).
+    """
+    _clean_shared_memory_once()
+    global_batch = sum(parts.values())
     streams = [
-        Stream(local=str(folder), split=split, proportion=count / batch_size)
-        for folder, count in parts.items()
+        Stream(**_location(src), split=split, proportion=count / global_batch)
+        for src, count in parts.items()
         if count > 0
     ]
     return StreamingDataset(
@@ -144,7 +168,10 @@ def loader(ds: StreamingDataset, collate: Collator, batch_size: int) -> DataSpec
         dl,
         split_batch=collate.split,
         get_num_samples_in_batch=lambda b: int(b["input_ids"].shape[0]),
-        get_num_tokens_in_batch=lambda b: int(real_tokens(b, pad).sum()),
+        get_num_tokens_in_batch=lambda b: {
+            "total": int(real_tokens(b, pad).sum()),
+            "loss_generating": int(b["loss_mask"][:, 1:].sum()),  # the targets masked_lm_loss averages over
+        },
     )
 
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from composer import Trainer
 from composer.callbacks import LRMonitor, SpeedMonitor
-from composer.core import Callback, DataSpec, Evaluator
+from composer.core import Algorithm, Callback, DataSpec, Evaluator
 from composer.optim import DecoupledAdamW
 from composer.optim.scheduler import ComposerScheduler
-from composer.utils import reproducibility
+from composer.utils import dist, reproducibility
 
 from vlm.training.callbacks import CurvesCSV, Health
 from vlm.training.resume import Resume, check_disk_space, checkpoint_bytes
@@ -20,6 +21,52 @@ from vlm.training.resume import Resume, check_disk_space, checkpoint_bytes
 def device_and_precision() -> tuple[str, str]:
     """bf16 autocast on a GPU, plain fp32 on the CPU (the embedded default)."""
     return ("gpu", "amp_bf16") if torch.cuda.is_available() else ("cpu", "fp32")
+
+
+class FindUnusedParameters(Algorithm):
+    """Changes nothing but has Composer wrap the model in DDP with `find_unused_parameters`: with
+    several processes, one whose share of a batch holds no image leaves the projector (and an
+    unfrozen encoder) without gradients, which plain DDP cannot synchronise."""
+
+    @property
+    def find_unused_parameters(self) -> bool:
+        return True
+
+    def match(self, event, state) -> bool:
+        return False
+
+    def apply(self, event, state, logger) -> None:
+        return None
+
+
+def join_processes() -> None:
+    """Join the other processes of `composer -n N` (alone: a group of one) before any dataset is
+    built. Streaming would otherwise start and stop a process group of its own, racing Composer's.
+
+    Composer's launcher leaves each process torch's default of one thread per core; N processes on
+    one machine then oversubscribe it N times, so each gets its share of the cores instead (unless
+    OMP_NUM_THREADS says otherwise).
+    """
+    local = dist.get_local_world_size()
+    if local > 1 and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    dist.initialize_dist(device_and_precision()[0])
+
+
+def is_main() -> bool:
+    """True on the process that writes the stage's outputs (global rank 0 of `composer -n N`)."""
+    return dist.get_global_rank() == 0
+
+
+def per_rank(batch_size: int, key: str) -> int:
+    """Each process's share of the global batch `batch_size` (the param `key`)."""
+    world = dist.get_world_size()
+    if batch_size % world:
+        raise ValueError(
+            f"`{key}` {batch_size} is not divisible by the {world} training processes (WORLD_SIZE): each takes "
+            f"batch / processes samples; choose a batch size divisible by train.nproc x nodes"
+        )
+    return batch_size // world
 
 
 def seed_everything(seed: int) -> None:
@@ -42,12 +89,17 @@ def make_trainer(
     callbacks: Sequence[Callback] = (),
     eval_data: DataSpec | None = None,
     eval_interval: Callable | int = 1,
+    loss_per_token: bool = True,
 ) -> Trainer:
     """A Trainer with DecoupledAdamW, LR + speed monitors, the CSV curve logger and the health check.
 
     With `resume` (and a positive interval) it saves a checkpoint every `resume.interval` batches in
     `resume.folder` and autoresumes from the latest one there: model, optimizer, scheduler, the
     Streaming loader's position and every callback's state.
+
+    `loss_per_token`: the loss is a mean over the batch's loss tokens (`loader`'s DataSpec counts
+    them), so Composer weights each process's (and microbatch's) loss by its share of those tokens:
+    N processes then follow the same gradient as one. Off for a loss that is no per-token mean.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = DecoupledAdamW(params, lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=weight_decay)
@@ -65,9 +117,11 @@ def make_trainer(
         optimizers=optimizer,
         schedulers=scheduler,
         step_schedulers_every_batch=True,
+        accumulate_train_batch_on_tokens=loss_per_token,
         eval_dataloader=evaluators,
         eval_interval=eval_interval,
         callbacks=[LRMonitor(), SpeedMonitor(window_size=10), Health(stage), *callbacks],
+        algorithms=[FindUnusedParameters()] if dist.get_world_size() > 1 else [],
         loggers=[CurvesCSV(curves, timings)],
         run_name=resume.run_name if resume else stage,
         progress_bar=True,
@@ -81,6 +135,10 @@ def make_trainer(
         seed=seed,
         python_log_level="error",
     )
+    world = dist.get_world_size()
+    if world > 1 and is_main():
+        print(f"{stage}: {world} processes ({dist.get_local_world_size()} on this machine), "
+              f"{train.dataloader.batch_size} samples each per step", flush=True)
     done = trainer.state.timestamp.batch.value
     if done:
         print(f"{stage}: resumed from the checkpoint at step {done} in {resume.folder}", flush=True)

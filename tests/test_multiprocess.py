@@ -1,0 +1,118 @@
+"""Multi-process training under Composer's launcher (`composer -n ${train.nproc}`, gloo on the CPU).
+
+The global batch stays the param's batch size: each of N processes takes batch / N samples, Streaming
+gives each process a disjoint part of every epoch, and only the first process writes outputs. With
+the same global batches in the same order, 2 processes must train the same model as 1.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from dvcrepo import BIN, csv_column, make_repo, run, set_params
+
+pytestmark = pytest.mark.slow
+
+# Runs in each process of `composer -n 2`: records the sample ids the process reads in two epochs of
+# the text shards through our `dataset()`, and lets SaveWeightsAt save into a per-process folder.
+PROBE = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from composer.devices import DeviceCPU
+    from composer.utils import dist
+
+    from vlm.model.lm import LM, lm_config
+    from vlm.training.callbacks import SaveWeightsAt
+    from vlm.training.data import dataset
+
+    shards, out = Path(sys.argv[1]), Path(sys.argv[2])
+    dist.initialize_dist(DeviceCPU())
+    rank = dist.get_global_rank()
+    ds = dataset(shards / "text", "train", batch_size=2, seed=0)
+    seen = []
+    read = ds.get_item
+    ds.get_item = lambda i, *a, **k: (seen.append(int(i)), read(i, *a, **k))[1]
+    epochs = []
+    for _ in range(2):
+        seen.clear()
+        for _ in ds:
+            pass
+        epochs.append(list(seen))
+    (out / f"rank{rank}.json").write_text(json.dumps({"epochs": epochs, "size": ds.num_samples}))
+    state = SimpleNamespace(timestamp=SimpleNamespace(batch=SimpleNamespace(value=3)))
+    SaveWeightsAt(LM(lm_config("tiny", 300, 64)), {3}, out / f"weights-rank{rank}").batch_end(state, None)
+    dist.barrier()
+""")
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A tiny repository after a 1-process run of the three launched stages (and what they need)."""
+    repo = make_repo(tmp_path_factory.mktemp("mp") / "repo", **{"cooldown.steps": 4})
+    run(repo, "dvc", "repro", "finetune")
+    return repo
+
+
+def test_each_process_reads_a_disjoint_part_of_every_epoch_and_only_the_first_writes(repo, tmp_path):
+    (tmp_path / "probe.py").write_text(PROBE)
+    run(repo, str(BIN / "composer"), "-n", "2", str(tmp_path / "probe.py"), str(repo / "data/shards"), str(tmp_path))
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    size = ranks[0]["size"]
+    for epoch in range(2):
+        a, b = (set(r["epochs"][epoch]) for r in ranks)
+        read = len(ranks[0]["epochs"][epoch]) + len(ranks[1]["epochs"][epoch])
+        assert a | b == set(range(size)), f"epoch {epoch}: some samples were read by no process"
+        # Streaming pads an epoch to a whole number of batches per process by repeating samples:
+        # those repeats are the only overlap allowed
+        assert len(a & b) <= read - size < 2 * 2, f"epoch {epoch}: {len(a & b)} samples read by both"
+        assert len(ranks[0]["epochs"][epoch]) == len(ranks[1]["epochs"][epoch])
+    assert ranks[0]["epochs"][0] != ranks[0]["epochs"][1], "the second epoch was not reshuffled"
+    assert (tmp_path / "weights-rank0/ba3/model.safetensors").is_file()
+    assert not (tmp_path / "weights-rank1").exists(), "a process other than the first saved weights"
+
+
+def test_two_processes_train_the_same_model_as_one(repo):
+    """Same global batches in the same order, each process's loss weighted by its share of the loss
+    tokens: the curves agree to float rounding, images, mixed sources and padding included."""
+    curves = ("pretrain", "cooldown", "finetune")
+    one = {c: csv_column(repo / f"logs/{c}.csv", "loss") for c in curves}
+    one_val = json.loads((repo / "metrics/pretrain.json").read_text())["val_loss"]
+    one_share = json.loads((repo / "metrics/cooldown.json").read_text())["realised_token_share"]
+    one_points = sorted(p.name for p in (repo / "data/pretrain").iterdir())
+
+    set_params(repo, **{"train.nproc": 2})
+    proc = run(repo, "dvc", "repro", "finetune")
+    for stage in ("text-pretrain", "mixed-cooldown", "finetune"):
+        assert f"composer -n 2 -m pipeline {stage}" in proc.stdout
+    assert "text-pretrain: 2 processes (2 on this machine), 2 samples each per step" in proc.stdout
+    assert sorted(p.name for p in (repo / "data/pretrain").iterdir()) == one_points
+    for c in curves:
+        two = csv_column(repo / f"logs/{c}.csv", "loss")
+        assert two.keys() == one[c].keys(), c
+        for step, loss in one[c].items():
+            assert two[step] == pytest.approx(loss, rel=1e-4), (c, step)
+    two_val = json.loads((repo / "metrics/pretrain.json").read_text())["val_loss"]
+    for fraction, loss in one_val.items():  # the val split is shared out too (padded by Streaming)
+        assert two_val[fraction] == pytest.approx(loss, rel=1e-3), fraction
+    # token counts are summed over the processes
+    assert json.loads((repo / "metrics/cooldown.json").read_text())["realised_token_share"] == one_share
+    assert (repo / "dvc.lock").read_text().count("nproc: 2") == 3
+    assert not list((repo / "checkpoints").glob("*/*")), "a resume folder was left behind"
+
+
+def test_a_batch_the_processes_cannot_split_fails_before_training(repo):
+    """The params check catches nproc; the stage itself checks the launcher's real world size."""
+    set_params(repo, **{"train.nproc": 3})
+    proc = run(repo, "dvc", "repro", "text-pretrain", check=False)
+    assert proc.returncode != 0
+    assert "`pretrain.batch_size` 4 is not divisible by `train.nproc` 3" in proc.stderr + proc.stdout
+    set_params(repo, **{"train.nproc": 1})
+    proc = run(repo, str(BIN / "composer"), "-n", "3", "-m", "pipeline", "text-pretrain", check=False)
+    assert proc.returncode != 0
+    assert "`pretrain.batch_size` 4 is not divisible by the 3 training processes" in proc.stderr + proc.stdout
+
