@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
@@ -210,18 +211,18 @@ def test_load_clip_names_the_missing_path(tmp_path):
         load_clip(tmp_path / "empty")
 
 
-def test_image_tensor_from_pil_and_uint8():
+def test_image_tensor_is_open_clips_eval_transform():
     pixels = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
     pp = preprocess_config(16)
-    from_pil = image_tensor([Image.fromarray(p) for p in pixels], pp)
-    from_hwc = image_tensor(torch.from_numpy(pixels), pp)
-    from_chw = image_tensor(torch.from_numpy(pixels).permute(0, 3, 1, 2), pp)
-    assert from_pil.shape == (2, 3, 16, 16) and from_pil.dtype == torch.float32
-    torch.testing.assert_close(from_pil, from_hwc)
-    torch.testing.assert_close(from_pil, from_chw)
-    assert from_pil.min() >= -1 and from_pil.max() <= 1
-    resized = image_tensor([Image.fromarray(pixels[0]).resize((24, 20))], pp)
-    assert resized.shape == (1, 3, 16, 16)
+    out = image_tensor([Image.fromarray(p) for p in pixels], pp)
+    assert out.shape == (2, 3, 16, 16) and out.dtype == torch.float32
+    # at the encoder's size: only the normalisation, (x / 255 - 0.5) / 0.5
+    torch.testing.assert_close(out, torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    wide = Image.fromarray(np.random.default_rng(1).integers(0, 256, (20, 24, 3), dtype=np.uint8))
+    expected = open_clip.image_transform(16, is_train=False, mean=pp["mean"], std=pp["std"],
+                                         resize_mode="shortest", interpolation="bicubic")(wide)
+    torch.testing.assert_close(image_tensor([wide], pp)[0], expected, rtol=0, atol=0)
+    assert image_tensor([Image.fromarray(pixels[0], "RGB").convert("L")], pp).shape == (1, 3, 16, 16)
 
 
 def test_siglip_loss_trains():

@@ -113,6 +113,31 @@ def test_load_image_is_rgb(tmp_path):
     assert "not found" in _error(R.load_image, tmp_path / "missing.png")
 
 
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "1", "CMYK"])
+def test_every_image_mode_opens_as_rgb_with_its_colour(tmp_path, mode):
+    red = Image.new("RGB", (6, 4), (200, 30, 30))
+    source = red.convert(mode) if mode != "P" else red.quantize(4)
+    if mode == "P":
+        source.info["transparency"] = 3  # a palette image with a transparent entry
+    path = tmp_path / f"{mode}.{'jpg' if mode == 'CMYK' else 'png'}"
+    source.save(path)
+    img = R.load_image(path)
+    assert (img.mode, img.size) == ("RGB", (6, 4))
+    assert img.getpixel((0, 0)) == source.convert("RGB").getpixel((0, 0))
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A photo stored sideways with orientation 6 ("rotate 90 clockwise to view") opens upright."""
+    stored = Image.new("RGB", (6, 4), (0, 0, 0))
+    stored.putpixel((0, 0), (255, 255, 255))  # top-left as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "sideways.png", exif=exif)
+    img = R.load_image(tmp_path / "sideways.png")
+    assert img.size == (4, 6)
+    assert img.getpixel((3, 0)) == (255, 255, 255)  # the stored top-left is now top-right
+
+
 # ---- LLaVA --------------------------------------------------------------------------------------
 
 def _turns(*values: str) -> list[dict]:

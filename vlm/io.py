@@ -1,4 +1,4 @@
-"""Small file helpers: outputs appear whole or not at all."""
+"""Small file helpers: outputs appear whole or not at all; images open upright and RGB."""
 
 from __future__ import annotations
 
@@ -8,8 +8,22 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
+
+from PIL import Image, ImageOps
 
 from vlm.faults import crash_point
+
+
+def open_rgb(source: str | Path | IO[bytes]) -> Image.Image:
+    """An image file (path or bytes stream) decoded in memory as RGB, its EXIF orientation applied
+    (camera photos are often stored sideways with a tag saying so). Grey, RGBA and palette images
+    become RGB as open_clip's transform would convert them."""
+    with Image.open(source) as image:
+        upright = ImageOps.exif_transpose(image)
+        if upright.mode == "P" and "transparency" in upright.info:
+            upright = upright.convert("RGBA")  # what PIL asks for before dropping a palette's alpha
+        return upright.convert("RGB")
 
 
 @contextmanager

@@ -15,6 +15,8 @@ from typing import Any, TextIO
 
 from PIL import Image
 
+from vlm.io import open_rgb
+
 
 class DataError(ValueError):
     """An input file is missing, malformed or inconsistent."""
@@ -98,11 +100,10 @@ def _check_image(path: Path, where: str) -> None:
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """An image as RGB (decoded in memory, file closed)."""
+    """An image as upright RGB (decoded in memory, file closed; vlm.io.open_rgb)."""
     path = Path(path)
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
+        return open_rgb(path)
     except FileNotFoundError as e:
         raise DataError(f"{path}: image not found") from e
     except Exception as e:

@@ -12,10 +12,8 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import open_clip
 import torch
-import torch.nn.functional as F
 from open_clip.loss import SigLipLoss
 from PIL import Image
 from safetensors.torch import save_file
@@ -140,39 +138,16 @@ def preprocess_cfg_of(model: nn.Module) -> dict:
     return pp
 
 
-def _resize(x: Tensor, size: tuple[int, int], interpolation: str) -> Tensor:
-    """Resize (B, 3, H, W) in [0, 1] so the shorter side fits, then centre-crop to `size`."""
-    h, w = size
-    if x.shape[-2:] == (h, w):
-        return x
-    scale = max(h / x.shape[-2], w / x.shape[-1])
-    new = (max(h, round(x.shape[-2] * scale)), max(w, round(x.shape[-1] * scale)))
-    x = F.interpolate(x, size=new, mode=interpolation, antialias=interpolation in ("bilinear", "bicubic"))
-    top, left = (new[0] - h) // 2, (new[1] - w) // 2
-    return x[..., top : top + h, left : left + w].clamp(0.0, 1.0)
-
-
-def image_tensor(images: list[Image.Image] | Tensor, preprocess_cfg: dict) -> Tensor:
-    """Images -> normalised float (B, 3, H, W) at the encoder's size.
-
-    `images` is a list of PIL images or a uint8 tensor, (B, 3, H, W) or channels-last (B, H, W, 3).
-    """
+def image_tensor(images: list[Image.Image], preprocess_cfg: dict) -> Tensor:
+    """PIL images -> normalised float (B, 3, H, W) through the encoder's own open_clip eval transform
+    (resize, centre crop, RGB, normalise), built from its `preprocess_cfg`."""
     size = preprocess_cfg["size"]
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    mode = preprocess_cfg.get("interpolation", "bicubic")
-    if isinstance(images, Tensor):
-        if images.dtype != torch.uint8:
-            raise TypeError(f"image tensors must be uint8, got {images.dtype}")
-        x = images if images.dim() == 4 else images[None]
-        if x.shape[1] != 3 and x.shape[-1] == 3:
-            x = x.permute(0, 3, 1, 2)
-        x = _resize(x.float() / 255.0, size, mode)
-    else:
-        arrays = [torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1) for im in images]
-        x = torch.cat([_resize(a[None].float() / 255.0, size, mode) for a in arrays])
-    mean = torch.tensor(preprocess_cfg["mean"], dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(preprocess_cfg["std"], dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
+    transform = open_clip.image_transform(
+        size if isinstance(size, int) else tuple(size), is_train=False, mean=preprocess_cfg["mean"],
+        std=preprocess_cfg["std"], resize_mode=preprocess_cfg.get("resize_mode", "shortest"),
+        interpolation=preprocess_cfg.get("interpolation", "bicubic"),
+    )
+    return torch.stack([transform(im) for im in images])
 
 
 class PatchEncoder(nn.Module):

@@ -14,6 +14,8 @@ from PIL import Image
 from streaming import Stream, StreamingDataLoader, StreamingDataset
 from streaming.base.util import clean_stale_shared_memory
 
+from vlm.io import open_rgb
+
 TEXT, CAPTION, INSTRUCT = 0, 1, 2  # sample kinds, as counted by TokenShare
 KIND_NAMES = {TEXT: "text", CAPTION: "captions", INSTRUCT: "instruct"}
 
@@ -22,7 +24,8 @@ GREY = (128, 128, 128)  # the blank image of the control run
 
 
 def decode_image(data: bytes) -> Image.Image:
-    return Image.open(io.BytesIO(data)).convert("RGB")
+    """A shard's image bytes as an upright RGB image."""
+    return open_rgb(io.BytesIO(data))
 
 
 def blank_like(image: Image.Image) -> Image.Image:
