@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -237,3 +239,79 @@ def test_read_mc(tmp_path):
     assert _error(R.read_mc, path).startswith(f"{path}:2: answerKey 'E' is not among the labels")
     path = _jsonl(tmp_path / "mc.jsonl", {**good, "question": {"stem": "x", "choices": choices[:1]}})
     assert _error(R.read_mc, path).startswith(f"{path}:1: `question.choices` must list >= 2")
+
+
+# ---- WebDataset tars ----------------------------------------------------------------------------
+
+def _image_bytes(fmt: str, colour=(10, 200, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (5, 3), colour).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _tar(path: Path, members: list[tuple[str, bytes]], mode: str = "w") -> Path:
+    with tarfile.open(path, mode) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_webdataset_samples_pair_images_with_txt_or_json_captions(tmp_path):
+    jpg, png, webp = _image_bytes("JPEG"), _image_bytes("PNG"), _image_bytes("WEBP")
+    path = _tar(tmp_path / "shard-000.tar.gz", [
+        ("000001.jpg", jpg), ("000001.txt", b" a red fox \n"),
+        ("000002.png", png), ("000002.json", json.dumps({"text": "a cat", "url": "x"}).encode()),
+        ("sub/000003.webp", webp), ("sub/000003.TXT", "caf\u00e9 sign".encode()),
+    ], mode="w:gz")
+    samples = list(R.iter_webdataset(path, caption_key="text"))
+    assert [(k, c) for k, _, c in samples] == [("000001", "a red fox"), ("000002", "a cat"),
+                                              ("sub/000003", "caf\u00e9 sign")]
+    assert [img for _, img, _ in samples] == [jpg, png, webp]
+
+
+def test_webdataset_streams_one_sample_at_a_time(tmp_path):
+    path = _tar(tmp_path / "s.tar", [(f"{i:04d}.{ext}", _image_bytes("PNG") if ext == "png" else b"x")
+                                     for i in range(3) for ext in ("png", "txt")])
+    it = R.iter_webdataset(path)
+    assert next(it)[0] == "0000"  # a generator: nothing after the first sample was needed yet
+    assert [k for k, _, _ in it] == ["0001", "0002"]
+
+
+def test_webdataset_skips_links_and_folders(tmp_path):
+    path = tmp_path / "links.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, kind in (("d", tarfile.DIRTYPE), ("d/evil.png", tarfile.SYMTYPE)):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, "/etc/passwd"
+            tar.addfile(info)
+        for name, data in (("d/1.png", _image_bytes("PNG")), ("d/1.txt", b"ok")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert [k for k, _, _ in R.iter_webdataset(path)] == ["d/1"]
+
+
+@pytest.mark.parametrize(("members", "what"), [
+    ([("1.txt", b"no image")], "sample `1` has no image"),
+    ([("1.png", b"PNG")], "sample `1` has no caption"),
+    ([("1.png", b"PNG"), ("1.json", b'{"caption": 3}')], "`caption` must be a string"),
+    ([("1.png", b"PNG"), ("1.json", b'{"text": "x"}')], "record has no `caption` field"),
+    ([("1.png", b"PNG"), ("1.json", b"{oops")], "its .json is not valid JSON"),
+    ([("1.png", b"PNG"), ("1.txt", b"  ")], "the caption is empty"),
+    ([("1.png", b"PNG"), ("1.txt", b"\xff\xfe")], "not UTF-8"),
+    ([("1.png", b"not an image"), ("1.txt", b"a cat")], "image is unreadable"),
+    ([], "no samples in the archive"),
+])
+def test_webdataset_errors_name_the_tar_and_the_sample(tmp_path, members, what):
+    members = [(n, _image_bytes("PNG") if d == b"PNG" else d) for n, d in members]
+    path = _tar(tmp_path / "bad.tar", members)
+    message = _error(lambda p: list(R.iter_webdataset(p)), path)
+    assert message.startswith(f"{path}:") and what in message
+
+
+def test_webdataset_refuses_what_is_not_a_tar(tmp_path):
+    (tmp_path / "x.tar").write_bytes(b"plain text, no archive")
+    assert "not a readable tar archive" in _error(lambda p: list(R.iter_webdataset(p)), tmp_path / "x.tar")
+    assert "file not found" in _error(lambda p: list(R.iter_webdataset(p)), tmp_path / "missing.tar")

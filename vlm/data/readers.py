@@ -158,6 +158,88 @@ def read_captions(path: str | Path, check_images: bool = True) -> list[tuple[Pat
     return pairs
 
 
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+
+def _decodable(data: bytes, where: str) -> None:
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
+        raise DataError(f"{where}: image is unreadable ({e})") from e
+
+
+def _webdataset_sample(key: str, files: dict[str, bytes], caption_key: str, where: str) -> tuple[str, bytes, str]:
+    images = [ext for ext in IMAGE_EXTENSIONS if ext in files]
+    if not images:
+        raise DataError(f"{where}: sample `{key}` has no image ({', '.join(IMAGE_EXTENSIONS)}); files: "
+                        f"{', '.join(sorted(files)) or 'none'}")
+    if "txt" in files:
+        try:
+            caption = files["txt"].decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            raise DataError(f"{where}: sample `{key}`: its .txt caption is not UTF-8 text") from e
+    elif "json" in files:
+        try:
+            record = json.loads(files["json"])
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"{where}: sample `{key}`: its .json is not valid JSON ({e})") from e
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: sample `{key}`: its .json is not an object")
+        caption = _string(record, caption_key, f"{where}: sample `{key}`")
+    else:
+        raise DataError(f"{where}: sample `{key}` has no caption (a .txt, or a .json with `{caption_key}`)")
+    if not caption:
+        raise DataError(f"{where}: sample `{key}`: the caption is empty")
+    return key, files[images[0]], caption
+
+
+def _tar_samples(tar) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) of each run of consecutive regular files sharing a key."""
+    key, files = None, {}
+    for member in tar:
+        if not member.isfile():
+            continue
+        folder, _, name = member.name.rpartition("/")
+        stem, _, ext = name.partition(".")
+        member_key = f"{folder}/{stem}" if folder else stem
+        if key is not None and member_key != key:
+            yield key, files
+            files = {}
+        key = member_key
+        files[ext.lower()] = tar.extractfile(member).read()
+    if key is not None:
+        yield key, files
+
+
+def iter_webdataset(path: str | Path, caption_key: str = "caption",
+                    check_images: bool = True) -> Iterator[tuple[str, bytes, str]]:
+    """(sample key, image file bytes, caption) of every sample of a WebDataset tar (plain or
+    compressed), as DataComp and img2dataset write them: the files of a sample are consecutive and
+    share the key before the first dot of their name (`000123.jpg`, `000123.txt` / `000123.json`).
+
+    The tar is streamed, one sample in memory at a time, and never extracted; members that are not
+    regular files (links, folders) are skipped.
+    """
+    import tarfile  # only needed for WebDataset sources
+
+    path = Path(path)
+    _require_file(path)
+    n = 0
+    try:
+        with tarfile.open(path, mode="r|*") as tar:
+            for key, files in _tar_samples(tar):
+                sample = _webdataset_sample(key, files, caption_key, str(path))
+                if check_images:
+                    _decodable(sample[1], f"{path}: sample `{key}`")
+                n += 1
+                yield sample
+    except tarfile.TarError as e:
+        raise DataError(f"{path}: not a readable tar archive ({e})") from e
+    if n == 0:
+        raise DataError(f"{path}: no samples in the archive")
+
+
 def read_llava(path: str | Path, check_images: bool = True) -> list[dict]:
     """LLaVA conversations: a JSON list of {id, conversations, image?}, returned as they are."""
     path = Path(path)
