@@ -88,15 +88,19 @@ def _int(record: dict, key: str, where: str) -> int:
     return value
 
 
-def _check_image(path: Path, where: str) -> None:
+def _decode(source: Path | io.BytesIO, what: str) -> None:
     """Decode the whole image so a truncated or corrupt file fails here, not mid-training."""
-    if not path.is_file():
-        raise DataError(f"{where}: image {path} not found")
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.load()
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
-        raise DataError(f"{where}: image {path} is unreadable ({e})") from e
+        raise DataError(f"{what} is unreadable ({e})") from e
+
+
+def _check_image(path: Path, where: str) -> None:
+    if not path.is_file():
+        raise DataError(f"{where}: image {path} not found")
+    _decode(path, f"{where}: image {path}")
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -161,14 +165,6 @@ def read_captions(path: str | Path, check_images: bool = True) -> list[tuple[Pat
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
 
-def _decodable(data: bytes, where: str) -> None:
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
-        raise DataError(f"{where}: image is unreadable ({e})") from e
-
-
 def _webdataset_sample(key: str, files: dict[str, bytes], caption_key: str, where: str) -> tuple[str, bytes, str]:
     images = [ext for ext in IMAGE_EXTENSIONS if ext in files]
     if not images:
@@ -231,7 +227,7 @@ def iter_webdataset(path: str | Path, caption_key: str = "caption",
             for key, files in _tar_samples(tar):
                 sample = _webdataset_sample(key, files, caption_key, str(path))
                 if check_images:
-                    _decodable(sample[1], f"{path}: sample `{key}`")
+                    _decode(io.BytesIO(sample[1]), f"{path}: sample `{key}`: image")
                 n += 1
                 yield sample
     except tarfile.TarError as e:
