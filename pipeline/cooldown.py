@@ -63,6 +63,7 @@ def run(cfg: Config) -> None:
     trainer = make_trainer(
         ComposerLM(vlm), loader(ds, collate, batch), f"{cd.steps}ba", plan.peak_lr, plan.scheduler(),
         "mixed-cooldown", cfg.seed, **curve_paths("cooldown"), resume=resume, callbacks=[share],
+        microbatch_size=cfg.train.microbatch_size,
     )
     trainer.fit()
     trainer.close()

@@ -23,6 +23,7 @@ from vlm.model import store
 
 EVAL, METRICS, EXAMPLES = RAW / "eval", Path("metrics/eval.json"), Path("logs/eval_examples.json")
 VISION_TASKS, TEXT_TASKS = ("vqa", "pope"), ("text_mc",)
+SCORES = ("vision_stable", "text_stable", "stable_mean")
 load_image = functools.cache(readers.load_image)  # each eval image is decoded once, not once per phase
 
 
@@ -76,14 +77,16 @@ def run(cfg: Config) -> None:
         print(f"evaluate: {phase}: " + ", ".join(
             f"{n} {phases[phase][n]['accuracy']:.3f}" for n in tasks if n in phases[phase]), flush=True)
     final = phases["finetune"]
-    metrics = {k: final[k] for k in ("vision_stable", "text_stable", "stable_mean")}
+    metrics = {k: final[k] for k in SCORES if final[k] is not None}
     metrics["tasks"] = {n: {k: v for k, v in final[n].items() if k != "examples"} for n in tasks}
-    metrics["phases"] = {
-        p: {k: r[k] for k in ("vision_stable", "text_stable", "stable_mean") if r.get(k) is not None}
-        for p, r in phases.items()
-    }
+    metrics["phases"] = {p: {k: r[k] for k in SCORES if r.get(k) is not None} for p, r in phases.items()}
+    missing = [g for g, names in (("vision", VISION_TASKS), ("text", TEXT_TASKS)) if not set(names) & set(tasks)]
+    if missing:  # a user's sources without a text (or vision) task: the other scores still stand
+        metrics["missing_groups"] = ", ".join(missing)
+        print(f"evaluate: no {' or '.join(missing)} task in data/raw/eval/tasks.json, so no "
+              f"{', '.join(g + '_stable' for g in missing)}; stable_mean is over the groups present", flush=True)
     write_json(METRICS, metrics)
     write_json(EXAMPLES, {p: r["vqa"]["examples"] for p, r in phases.items() if "vqa" in r})
     write_json(TIMINGS / "evaluate.json", {"seconds": round(time.time() - t0, 1)})
-    print(f"evaluate: done in {time.time() - t0:.0f}s; vision_stable {metrics['vision_stable']:.3f}, "
-          f"text_stable {metrics['text_stable']:.3f}", flush=True)
+    print(f"evaluate: done in {time.time() - t0:.0f}s; " + ", ".join(
+        f"{k} {metrics[k]:.3f}" for k in SCORES if k in metrics), flush=True)

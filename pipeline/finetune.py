@@ -36,7 +36,7 @@ def run(cfg: Config) -> None:
     resume = resume_for("finetune", cfg)
     trainer = make_trainer(
         ComposerLM(vlm), train, f"{ft.epochs}ep", ft.lr, warmup_cosine_scheduler(ft.warmup_steps, ft.final_lr_ratio),
-        "finetune", cfg.seed, **curve_paths("finetune"), resume=resume,
+        "finetune", cfg.seed, **curve_paths("finetune"), resume=resume, microbatch_size=cfg.train.microbatch_size,
     )
     trainer.fit()
     trainer.close()

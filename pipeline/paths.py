@@ -2,6 +2,11 @@
 
 from pathlib import Path
 
+from vlm.config import USER_DATA, USER_ENCODER, USER_TOKENIZER
+
+# The user's own files (README, "Bring your own data"): each folder a DVC dep of the stage reading it.
+INPUT_DATA, INPUT_TOKENIZER, INPUT_ENCODER = Path(USER_DATA), Path(USER_TOKENIZER), Path(USER_ENCODER)
+
 RAW = Path("data/raw")
 TOKENS = Path("data/tokens")
 SHARDS = Path("data/shards")

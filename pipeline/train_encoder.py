@@ -1,9 +1,10 @@
 """DVC stage `train-encoder`: the frozen image encoder the VLM will use, as an open_clip folder.
 
-With `vision.pretrained` naming a local open_clip folder (e.g. a SigLIP checkpoint you placed on
-disk), it is checked, loaded and copied. Without one (the embedded default: nothing is ever
-downloaded) a tiny SigLIP-style open_clip model is trained with open_clip's SigLIP loss on the
-training captions. Either way data/encoder/ ends up in open_clip's `local-dir` layout.
+With `vision.pretrained` under inputs/encoder/ it is checked, loaded and written out: an open_clip
+folder (open_clip_config.json + weights) as it is, or, with `vision.model` naming a built-in
+open_clip model (e.g. ViT-B-16-SigLIP), that model with the checkpoint's weights. Without one (the
+embedded default: nothing is ever downloaded) a tiny SigLIP-style open_clip model is trained with
+open_clip's SigLIP loss on the training captions. Either way data/encoder/ ends up in open_clip's `local-dir` layout.
 """
 
 from __future__ import annotations
@@ -16,12 +17,20 @@ from pathlib import Path
 from streaming import StreamingDataLoader
 
 from pipeline.common import codec, curve_paths, resume_for, write_metrics
-from pipeline.paths import ENCODER
+from pipeline.paths import ENCODER, INPUT_ENCODER
 from pipeline.streams import shards
 from vlm.config import Config
 from vlm.io import atomic_dir
 from vlm.model.lm import num_params
-from vlm.model.vision import build_clip, image_tensor, load_clip, preprocess_config, save_clip, tiny_clip_config
+from vlm.model.vision import (
+    build_clip,
+    image_tensor,
+    load_clip,
+    load_named,
+    preprocess_config,
+    save_clip,
+    tiny_clip_config,
+)
 from vlm.training.composer_model import ComposerCLIP
 from vlm.training.data import CaptionCollator, dataset
 from vlm.training.schedules import warmup_cosine_scheduler
@@ -30,13 +39,21 @@ from vlm.training.trainer import curves_of, make_trainer, seed_everything
 CONTEXT_LENGTH = 32  # caption tokens seen by the encoder's text tower
 
 
-def copy_pretrained(path: Path) -> dict:
-    model, pp = load_clip(path)  # fails here, with the path, if the folder is not a usable checkpoint
-    with atomic_dir(ENCODER) as tmp:
-        for f in path.iterdir():
-            if f.is_file():
-                shutil.copy2(f, tmp / f.name)
-    return {"source": str(path), "params": num_params(model), "image_size": pp["size"]}
+def copy_pretrained(path: Path, model_name: str | None) -> dict:
+    """Check, load and write the user's encoder (under inputs/encoder/) to data/encoder/."""
+    print(f"train-encoder: loading {model_name or 'the open_clip folder'} from {path} ({INPUT_ENCODER}/)", flush=True)
+    if model_name:  # a built-in open_clip model and its checkpoint: saved in the local-dir layout
+        model, model_cfg, pp = load_named(model_name, path)
+        with atomic_dir(ENCODER) as tmp:
+            save_clip(model, model_cfg, tmp, pp)
+    else:
+        model, pp = load_clip(path)  # fails here, with the path, if the folder is not a usable checkpoint
+        with atomic_dir(ENCODER) as tmp:
+            for f in path.iterdir():
+                if f.is_file():
+                    shutil.copy2(f, tmp / f.name)
+    return {"source": str(path), "model": model_name or "open_clip folder", "params": num_params(model),
+            "image_size": pp["size"]}
 
 
 def train_tiny(cfg: Config) -> dict:
@@ -71,6 +88,6 @@ def train_tiny(cfg: Config) -> dict:
 def run(cfg: Config) -> None:
     t0 = time.time()
     pretrained = Path(cfg.vision.pretrained) if cfg.vision.pretrained else None
-    info = copy_pretrained(pretrained) if pretrained else train_tiny(cfg)
+    info = copy_pretrained(pretrained, cfg.vision.model) if pretrained else train_tiny(cfg)
     write_metrics("encoder", info, time.time() - t0)
     print(f"train-encoder: done in {time.time() - t0:.1f}s ({info['source']})", flush=True)

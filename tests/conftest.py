@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 from dvcrepo import make_repo, run
 
-from vlm.config import PrepareConfig
+from vlm.config import FilesConfig, PrepareConfig
 from vlm.data.world import write_world
 
 SEED = 7
-SMALL_WORLD = PrepareConfig(n_text_docs=60, n_creatures=6, n_instruct_creatures=2, n_images=40, n_instruct=60,
+NO_FILES = FilesConfig(text=[], captions=[], instruct=[], vqa=[], pope=[], text_mc=[])
+SMALL_WORLD = PrepareConfig(source="synthetic", max_bad_fraction=0.01, files=NO_FILES,
+                            n_text_docs=60, n_creatures=6, n_instruct_creatures=2, n_images=40, n_instruct=60,
                             text_instruct_share=0.25, n_eval=48, image_size=32)
 
 

@@ -31,6 +31,9 @@ RAW: dict = yaml.safe_load(PARAMS.read_text())
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 NO_FILE = "/nonexistent/vlm-recipe-test/tokenizer.json"
 NO_DIR = "/nonexistent/vlm-recipe-test/open_clip"
+FILES = {"text": [{"path": "inputs/data/text.jsonl"}], "captions": [{"path": "inputs/data/c.tar"}],
+         "instruct": [{"path": "inputs/data/llava.json"}], "vqa": [], "pope": [],
+         "text_mc": [{"path": "inputs/data/arc.jsonl"}]}
 
 
 # ---- edits of a deep copy of the committed params ----------------------------------------------
@@ -124,7 +127,32 @@ CASES: dict[str, Case] = {
     # allowed values and paths
     "preset-7b": Case(put(model__preset="7b"), ("`model.preset`", "must be one of", "'7b'")),
     "tokenizer-missing": Case(put(tokenize__tokenizer=NO_FILE), ("`tokenize.tokenizer`", "not an existing file")),
-    "pretrained-missing": Case(put(vision__pretrained=NO_DIR), ("`vision.pretrained`", "not an existing folder")),
+    "pretrained-missing": Case(put(vision__pretrained=NO_DIR), (
+        "`vision.pretrained`", "not an existing file or folder")),
+    "model-without-pretrained": Case(put(vision__model="ViT-B-16-SigLIP"), (
+        "`vision.model`", "needs `vision.pretrained`")),
+    "source-unknown": Case(put(prepare__source="hub"), ("`prepare.source`", "must be one of", "'hub'")),
+    "files-empty": Case(put(prepare__source="files"), (
+        "`prepare.files.text`", "`prepare.files.text` lists no source", "`prepare.files.captions` lists no source",
+        "`prepare.files.instruct` lists no source", "`prepare.files` lists no evaluation source"), lines=4),
+    "files-entry-not-mapping": Case(put(prepare__files__text=["inputs/data/a.jsonl"]), (
+        "`prepare.files.text[0]`", "`prepare.files.text[0]` must be a mapping")),
+    "files-entry-unknown-key": Case(put(prepare__files__captions=[{"path": "inputs/data/a.tar", "captoin": "txt"}]), (
+        "`prepare.files.captions[0].captoin`", "is not a known param",
+        "did you mean `prepare.files.captions[0].caption`")),
+    "files-entry-no-path": Case(put(prepare__files__pope=[{"image_root": "inputs/data"}]), (
+        "`prepare.files.pope[0].path`", "`prepare.files.pope[0].path` is missing")),
+    "files-format-unknown": Case(put(prepare__files__text=[{"path": "inputs/data/a.txt", "format": "txt"}]), (
+        "`prepare.files.text[0].format`", "must be one of")),
+    "files-outside-inputs": Case(put(prepare__source="files", prepare__files=FILES | {
+        "text": [{"path": "/data/dclm/*.jsonl"}], "instruct": [{"path": "inputs/data/../../llava.json"}]}), (
+        "`prepare.files.text[0].path`", "must be a path under inputs/data/", "'/data/dclm/*.jsonl'",
+        "`prepare.files.instruct[0].path` must be a path under inputs/data/"), lines=2),
+    "files-vqa-pattern": Case(put(prepare__source="files", prepare__files=FILES | {"vqa": [
+        {"questions": "inputs/data/q.json", "annotations": "inputs/data/a.json", "image_root": "inputs/data",
+         "image_pattern": "{id}.jpg"}]}), ("`prepare.files.vqa[0].image_pattern`", "{image_id}")),
+    "tokenizer-outside-inputs": Case(put(tokenize__tokenizer="params.yaml"), (
+        "`tokenize.tokenizer`", "must be a path under inputs/tokenizer/")),
     # unknown, misspelt and missing keys
     "cooldown-lr-unknown": Case(put(cooldown__lr=0.001), (
         "`cooldown.lr`", "`cooldown.lr` is not a known param", "did you mean", "`cooldown.rewarm_lr`")),
@@ -279,19 +307,25 @@ def test_branch_point_that_lands_on_a_whole_step_is_accepted():
     assert cfg.pretrain.branch_steps() == {0.33: 99, 1.0: 300}
 
 
-def test_existing_tokenizer_file_and_pretrained_folder_are_accepted(tmp_path):
-    tok = tmp_path / "tokenizer.json"
+def test_existing_tokenizer_file_and_pretrained_folder_are_accepted(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tok, enc = Path("inputs/tokenizer/tokenizer.json"), Path("inputs/encoder/open_clip")
+    enc.mkdir(parents=True)
+    tok.parent.mkdir()
     tok.write_text("{}")
-    enc = tmp_path / "open_clip"
-    enc.mkdir()
     cfg = parse(put(tokenize__tokenizer=str(tok), vision__pretrained=str(enc))(copy.deepcopy(RAW)))
     assert cfg.tokenize.tokenizer == str(tok)
     assert cfg.vision.pretrained == str(enc)
-    # the folder is not a file, the file is not a folder
+    # a checkpoint file of a named open_clip model
+    ckpt = enc / "open_clip_pytorch_model.bin"
+    ckpt.write_bytes(b"")
+    cfg = parse(put(vision__model="ViT-B-16-SigLIP", vision__pretrained=str(ckpt))(copy.deepcopy(RAW)))
+    assert (cfg.vision.model, cfg.vision.pretrained) == ("ViT-B-16-SigLIP", str(ckpt))
+    # the folder is not a file; each path must lie in its stage's folder
     with pytest.raises(ParamError, match="`tokenize.tokenizer` names .* not an existing file"):
         parse(put(tokenize__tokenizer=str(enc))(copy.deepcopy(RAW)))
-    with pytest.raises(ParamError, match="`vision.pretrained` names .* not an existing folder"):
-        parse(put(vision__pretrained=str(tok))(copy.deepcopy(RAW)))
+    with pytest.raises(ParamError, match="`vision.pretrained` must be a path under inputs/encoder/"):
+        parse(put(vision__pretrained="inputs/tokenizer")(copy.deepcopy(RAW)))
     # an empty string means "none", like null
     assert parse(put(tokenize__tokenizer="")(copy.deepcopy(RAW))).tokenize.tokenizer is None
 
@@ -408,12 +442,14 @@ def leaves(node: Any, prefix: str = "") -> set[str]:
 
 
 def test_schema_and_committed_file_have_the_same_keys():
-    schema_leaves = {k for k in ALL_KEYS if not any(other.startswith(k + ".") for other in ALL_KEYS)}
+    schema_leaves = {k for k in ALL_KEYS if "[]" not in k and not any(other.startswith(k + ".") for other in ALL_KEYS)}
+    schema_leaves |= {k for k in ALL_KEYS if k.startswith("prepare.files.") and "[]" not in k}  # lists, [] here
     file_leaves = {k.rstrip(".") for k in leaves(RAW)}
     assert schema_leaves == file_leaves
     assert len(ALL_KEYS) == len(set(ALL_KEYS))
-    sections = set(ALL_KEYS) - schema_leaves
-    assert sections == {k for k in ALL_KEYS if "." not in k and isinstance(RAW[k], dict)} | {"vision.tiny"}
+    sections = {k for k in ALL_KEYS if "[]" not in k} - schema_leaves
+    top = {k for k in ALL_KEYS if "." not in k and isinstance(RAW[k], dict)}
+    assert sections == top | {"vision.tiny", "prepare.files"}
 
 
 # ---- 5. every malformed case through the CLI, timed ---------------------------------------------

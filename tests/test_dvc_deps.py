@@ -76,7 +76,8 @@ def stage_files(stage: str) -> set[Path]:
 
 
 def products_named(files: set[Path]) -> set[Path]:
-    """The `pipeline.paths` products (data/* folders) named in `files` outside pipeline/paths.py."""
+    """The `pipeline.paths` products (data/*) and user input folders (inputs/*) named in `files`
+    outside pipeline/paths.py."""
     names = set()
     for f in files:
         if f == Path("pipeline/paths.py"):
@@ -86,7 +87,7 @@ def products_named(files: set[Path]) -> set[Path]:
                 names.add(node.id)
             elif isinstance(node, ast.alias) and node.name in PRODUCTS:
                 names.add(node.name)
-    return {PRODUCTS[n] for n in names if PRODUCTS[n].parts[0] == "data"}
+    return {PRODUCTS[n] for n in names if PRODUCTS[n].parts[0] in ("data", "inputs")}
 
 
 def covered(path: Path, deps: list[str]) -> bool:

@@ -217,16 +217,34 @@ def test_a_rewarm_branch_runs_end_to_end_with_its_warmup_and_peak(tiny, fraction
 def test_a_local_pretrained_open_clip_folder_is_loaded_instead_of_training(tmp_path):
     from vlm.model.vision import build_clip, preprocess_config, save_clip, tiny_clip_config
 
-    ckpt = tmp_path / "my-siglip"
+    repo = make_repo(tmp_path / "repo")
+    ckpt = repo / "inputs/encoder/my-siglip"  # the folder train-encoder declares as a DVC dependency
     cfg = tiny_clip_config(32, 16, 32, 2, 2, 32, vocab_size=64, context_length=8, pad_id=2, eos_id=1)
     save_clip(build_clip(cfg), cfg, ckpt, preprocess_config(32))
-    repo = make_repo(tmp_path / "repo", **{"vision.pretrained": str(ckpt)})
+    set_params(repo, **{"vision.pretrained": "inputs/encoder/my-siglip"})
     run(repo, "python", "-m", "pipeline", "train-encoder")
     for name in ("open_clip_config.json", "open_clip_model.safetensors"):
         assert (repo / "data/encoder" / name).read_bytes() == (ckpt / name).read_bytes()
-    assert json.loads((repo / "metrics/encoder.json").read_text())["source"] == str(ckpt)
+    assert json.loads((repo / "metrics/encoder.json").read_text())["source"] == "inputs/encoder/my-siglip"
 
-    set_params(repo, **{"vision.pretrained": str(tmp_path / "missing")})
+    set_params(repo, **{"vision.pretrained": "inputs/encoder/missing"})
     proc = run(repo, "python", "-m", "pipeline", "train-encoder", check=False)
     assert proc.returncode != 0 and "`vision.pretrained`" in proc.stderr
     assert (repo / "data/encoder/open_clip_model.safetensors").exists()  # the old output is untouched
+
+
+def test_microbatches_train_the_same_steps(tmp_path):
+    """`train.microbatch_size` splits each process's batch for memory, not for the result."""
+    repo = make_repo(tmp_path / "repo")
+    run(repo, "dvc", "repro", "text-pretrain")
+    whole = csv_column(repo / "logs/pretrain.csv", "loss")
+    set_params(repo, **{"train.microbatch_size": 2})  # pretrain.batch_size is 4: two chunks a step
+    proc = run(repo, "dvc", "repro", "text-pretrain")
+    assert ran(proc) == ["text-pretrain"]
+    assert "text-pretrain: each process runs its share of a batch in microbatches of 2 samples" in proc.stdout
+    split = csv_column(repo / "logs/pretrain.csv", "loss")
+    assert len(split) == len(whole) == params_of(repo)["pretrain"]["steps"]
+    assert split == pytest.approx(whole, rel=1e-4)
+    set_params(repo, **{"train.microbatch_size": 8})
+    proc = run(repo, "python", "-m", "pipeline.check_params", check=False)
+    assert proc.returncode == 1 and "`train.microbatch_size` 8 is larger than a process's share" in proc.stderr

@@ -80,7 +80,7 @@ def test_read_text_parquet(tmp_path):
     pd.DataFrame({"text": ["a", ""]}).to_parquet(path)
     assert _error(R.read_text, path).startswith(f"{path}: record 1: `text` is empty")
     pd.DataFrame({"body": ["a"]}).to_parquet(path)
-    assert "no `text` column" in _error(R.read_text, path)
+    assert "no column `text` (columns: body)" in _error(R.read_text, path)
 
 
 # ---- captions and images ------------------------------------------------------------------------
@@ -180,7 +180,7 @@ def test_read_llava_file_errors(tmp_path):
     path.write_text('{"conversations": []}')
     assert "expected a JSON list" in _error(R.read_llava, path)
     path.write_text('[\n{"id": 1,}\n]')
-    assert _error(R.read_llava, path).startswith(f"{path}:2: not valid JSON")
+    assert _error(R.read_llava, path).startswith(f"{path}: record 0: not valid JSON")
 
 
 # ---- evaluation formats -------------------------------------------------------------------------
@@ -294,8 +294,8 @@ def test_webdataset_skips_links_and_folders(tmp_path):
 
 
 @pytest.mark.parametrize(("members", "what"), [
-    ([("1.txt", b"no image")], "sample `1` has no image"),
-    ([("1.png", b"PNG")], "sample `1` has no caption"),
+    ([("1.txt", b"no image")], "sample `1`: no image"),
+    ([("1.png", b"PNG")], "sample `1`: no caption"),
     ([("1.png", b"PNG"), ("1.json", b'{"caption": 3}')], "`caption` must be a string"),
     ([("1.png", b"PNG"), ("1.json", b'{"text": "x"}')], "record has no `caption` field"),
     ([("1.png", b"PNG"), ("1.json", b"{oops")], "its .json is not valid JSON"),

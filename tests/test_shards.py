@@ -57,7 +57,8 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("shards")
     codec = Codec(train_tokenizer(texts(), 300, show_progress=False))
     captions, convs = write_raw(root / "raw")
-    sources = encode_sources(codec, texts(), captions, convs)
+    (root / "tokens").mkdir()
+    sources = encode_sources(codec, texts(), captions, convs, root / "tokens")
     stats = write_shards(sources, codec, root / "raw", root / "out", SEQ_LEN, VAL_FRACTION, SEED, log=quiet)
     return codec, root / "raw", sources, root / "out", stats
 

@@ -204,7 +204,7 @@ def test_ragged_save_load_round_trip(tmp_path):
     back = Ragged.load(tmp_path, "src")
     assert [back[i].tolist() for i in range(len(back))] == seqs
     assert [back.mask_of(i).tolist() for i in range(len(back))] == masks
-    assert back.images == images
+    assert list(back.images) == images
     assert back.ids.dtype == np.int32 and back.mask.dtype == np.uint8
 
 
@@ -220,7 +220,7 @@ def test_ragged_saves_identical_bytes(tmp_path):
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
         Ragged.from_lists([[1, 2], [3]], [[1, 0], [1]], images=["x.png", None]).save(tmp_path / folder, "s")
-    for name in ("s.ids.npy", "s.offsets.npy", "s.mask.npy", "s.images.json"):
+    for name in ("s.ids.npy", "s.offsets.npy", "s.mask.npy", "s.images.npy"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
@@ -239,13 +239,14 @@ def test_encode_sources_and_token_counts(codec, tmp_path: Path):
             {"from": "gpt", "value": "A shape with six sides."},
         ]},
     ]
-    sources = encode_sources(codec, texts, captions, convs)
+    (tmp_path / "tokens").mkdir()
+    sources = encode_sources(codec, texts, captions, convs, tmp_path / "tokens", batch=1)
     assert set(sources) == {"text", "captions", "instruct"}
     assert [codec.decode(sources["text"][i]) for i in range(2)] == texts
     assert [codec.decode(sources["captions"][i]) for i in range(2)] == [c for _, c in captions]
-    assert sources["captions"].images == ["images/0.png", "images/1.png"]
+    assert list(sources["captions"].images) == ["images/0.png", "images/1.png"]
     instruct = sources["instruct"]
-    assert instruct.images == ["images/0.png", None]
+    assert list(instruct.images) == ["images/0.png", None]
     assert instruct[0].tolist().count(codec.ids["image"]) == 1
     assert codec.ids["image"] not in instruct[1].tolist()
     answers = [codec.decode(instruct[i][instruct.mask_of(i) == 1]) for i in range(2)]

@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -33,16 +35,103 @@ class ParamError(ValueError):
 
 
 def spec(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-         choices: tuple | None = None, exists: str | None = None) -> Any:
+         choices: tuple | None = None, exists: str | None = None, default: Any = dataclasses.MISSING) -> Any:
     """Field metadata: inclusive bounds (`lo_open` excludes `lo`), allowed values, or a path that
-    must exist (`exists` = "file" or "dir") when it is not null."""
-    return field(metadata={"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "exists": exists})
+    must exist (`exists` = "file", "dir" or "any") when it is not null. Only the entries of a source
+    list have defaults (a key left out takes it); every section key must be written out."""
+    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "exists": exists}
+    return field(default=default, metadata=meta)
+
+
+# Where users put their own files, tracked with `dvc add` (README, "Bring your own data"). Each
+# folder is a DVC dependency of the one stage that reads it, so replacing a file re-runs that stage
+# and what follows; a path in params.yaml outside its folder is refused.
+USER_DATA = "inputs/data"  # prepare: corpora, image-caption sets, instructions, evaluation sets
+USER_TOKENIZER = "inputs/tokenizer"  # tokenize: a tokenizer.json
+USER_ENCODER = "inputs/encoder"  # train-encoder: pretrained open_clip weights
+COCO_VAL = "COCO_val2014_{image_id:012d}.jpg"  # VQAv2's image file names
+
+
+@dataclass(frozen=True)
+class TextSource:
+    """A text corpus: JSONL (optionally .zst) or Parquet, one document per record (DCLM)."""
+
+    path: str = spec()  # a file or a glob, under inputs/data/
+    format: str = spec(choices=("auto", "jsonl", "parquet"), default="auto")  # auto: from the extension
+    field: str = spec(default="text")  # the document's field or column
+
+
+@dataclass(frozen=True)
+class CaptionSource:
+    """Image-caption pairs: WebDataset tars (DataComp), Parquet with image bytes, or a JSONL/CSV of
+    image file names and captions beside a folder of images."""
+
+    path: str = spec()
+    format: str = spec(choices=("auto", "webdataset", "parquet", "jsonl", "csv"), default="auto")
+    caption: str = spec(default="caption")  # caption field/column (WebDataset: key of the .json; a .txt wins)
+    image: str = spec(default="image")  # Parquet: image bytes column; JSONL/CSV: image file name column
+    image_root: str | None = spec(default=None)  # folder the file names are relative to (default: the file's)
+
+
+@dataclass(frozen=True)
+class InstructSource:
+    """LLaVA conversations: a JSON list (or JSONL) of {id, image?, conversations}."""
+
+    path: str = spec()
+    image_root: str | None = spec(default=None)  # folder `image` is relative to (default: the file's)
+
+
+@dataclass(frozen=True)
+class VqaSource:
+    """VQAv2: questions and annotations JSON, images named from `image_id` by `image_pattern`."""
+
+    questions: str = spec()
+    annotations: str = spec()
+    image_root: str = spec()
+    image_pattern: str = spec(default=COCO_VAL)
+
+
+@dataclass(frozen=True)
+class PopeSource:
+    """POPE: JSONL of {question_id?, image, text, label yes/no}."""
+
+    path: str = spec()
+    image_root: str | None = spec(default=None)
+
+
+@dataclass(frozen=True)
+class McSource:
+    """ARC-style multiple choice JSONL: {question, choices {text, label}, answerKey} (HF ai2_arc), or
+    the original {question {stem, choices [{label, text}]}, answerKey}."""
+
+    path: str = spec()
+
+
+@dataclass(frozen=True)
+class FilesConfig:
+    """The user's own sources, per role (used when `prepare.source` is files). Each role lists any
+    number of sources; a glob is expanded in sorted order."""
+
+    text: list[TextSource] = spec()
+    captions: list[CaptionSource] = spec()
+    instruct: list[InstructSource] = spec()
+    vqa: list[VqaSource] = spec()
+    pope: list[PopeSource] = spec()
+    text_mc: list[McSource] = spec()
+
+
+SOURCE_ROLES = ("text", "captions", "instruct")  # training sources: each needs at least one
+EVAL_ROLES = ("vqa", "pope", "text_mc")  # evaluation tasks: at least one
 
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    """The embedded synthetic world (docs/world.md)."""
+    """What `prepare` writes to data/raw: the embedded synthetic world (docs/world.md; the `n_*`
+    keys and `text_instruct_share`) or the user's files (`files`), checked and normalised."""
 
+    source: str = spec(choices=("synthetic", "files"))
+    max_bad_fraction: float = spec(0.0, 1.0)  # skipped share of one source above which prepare fails
+    files: FilesConfig = spec()
     n_text_docs: int = spec(1)
     n_creatures: int = spec(2)  # at least one instruction creature and one evaluation creature
     n_instruct_creatures: int = spec(1)
@@ -50,7 +139,7 @@ class PrepareConfig:
     n_instruct: int = spec(1)
     text_instruct_share: float = spec(0.0, 1.0)
     n_eval: int = spec(1)
-    image_size: int = spec(16)
+    image_size: int = spec(16)  # synthetic images, and the input size of the tiny encoder
 
     @property
     def n_text_instruct(self) -> int:
@@ -93,7 +182,10 @@ class TinyEncoderConfig:
 
 @dataclass(frozen=True)
 class VisionConfig:
-    pretrained: str | None = spec(exists="dir")
+    # An open_clip model name (e.g. ViT-B-16-SigLIP) whose weights `pretrained` holds; null: `pretrained`
+    # is a folder in open_clip's local-dir layout (open_clip_config.json + weights), or null itself.
+    model: str | None = spec()
+    pretrained: str | None = spec(exists="any")
     freeze: bool = spec()
     blank_images: bool = spec()
     tiny: TinyEncoderConfig = spec()
@@ -153,6 +245,7 @@ class TrainConfig:
     each process takes batch / processes of it (tests/test_multiprocess.py)."""
 
     nproc: int = spec(1)  # processes on this machine (GPUs on a GPU node; gloo processes on a CPU)
+    microbatch_size: int = spec(0)  # samples per forward/backward in each process (0 = its whole share)
 
 
 @dataclass(frozen=True)
@@ -191,6 +284,8 @@ def _keys(cls: type, prefix: str = "") -> list[str]:
         hint = typing.get_type_hints(cls)[f.name]
         if dataclasses.is_dataclass(hint):
             out += _keys(hint, key + ".")
+        elif typing.get_origin(hint) is list and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+            out += _keys(typing.get_args(hint)[0], key + "[].")  # a list of sources: `files.text[].path`
     return out
 
 
@@ -224,6 +319,14 @@ def _check_value(key: str, value: Any, hint: Any, meta: dict, errors: list[str])
         float: isinstance(value, (int, float)) and not isinstance(value, bool),
         str: isinstance(value, str),
     }.get(hint)
+    if typing.get_origin(hint) is list and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            errors.append(f"`{key}` must be a list of sources (each a mapping), got {value!r}")
+            return None
+        items = [build(typing.get_args(hint)[0], v, f"{key}[{i}].", errors) for i, v in enumerate(value)]
+        return None if None in items else items
     if typing.get_origin(hint) is list:
         if not isinstance(value, list) or not value:
             errors.append(f"`{key}` must be a non-empty list of numbers, got {value!r}")
@@ -254,8 +357,8 @@ def _check_value(key: str, value: Any, hint: Any, meta: dict, errors: list[str])
         return None
     if exists:
         path = Path(value)
-        if not (path.is_file() if exists == "file" else path.is_dir()):
-            kind = "file" if exists == "file" else "folder"
+        if not {"file": path.is_file, "dir": path.is_dir, "any": path.exists}[exists]():
+            kind = {"file": "file", "dir": "folder", "any": "file or folder"}[exists]
             errors.append(f"`{key}` names {value!r}, which is not an existing {kind}")
             return None
     return value
@@ -276,7 +379,8 @@ def _did_you_mean(key: str) -> str:
         return f"; nest it: `{key.split('.')[-1]}` under `{key.rsplit('.', 1)[0]}:`"
     section, _, leaf = key.rpartition(".")
     prefix = section + "." if section else ""
-    siblings = [k[len(prefix):] for k in ALL_KEYS if k.startswith(prefix) and "." not in k[len(prefix):]]
+    generic = re.sub(r"\[\d+\]", "[]", prefix)  # the entries of a source list share their keys
+    siblings = [k[len(generic):] for k in ALL_KEYS if k.startswith(generic) and "." not in k[len(generic):]]
     close = difflib.get_close_matches(leaf, siblings, n=3, cutoff=0.6)
     close = close or [s for s in siblings if leaf in s or s in leaf][:3]
     found = [prefix + c for c in close] or difflib.get_close_matches(key, ALL_KEYS, n=3, cutoff=0.8)
@@ -297,7 +401,10 @@ def build(cls: type, raw: Any, prefix: str, errors: list[str]) -> Any:
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
         if f.name not in raw:
-            errors.append(f"`{key}` is missing")
+            if f.default is dataclasses.MISSING:
+                errors.append(f"`{key}` is missing")
+            else:
+                values[f.name] = f.default
             continue
         hint = hints[f.name]
         if dataclasses.is_dataclass(hint):
@@ -323,7 +430,7 @@ def cross_checks(cfg: Config) -> list[str]:
         errors.append(f"`prepare.n_instruct_creatures` must be <= `prepare.n_creatures` - 1 = {p.n_creatures - 1} "
                       f"(at least one creature is kept for evaluation), got {p.n_instruct_creatures}")
     need = min_text_docs(p.n_creatures)
-    if p.n_text_docs < need:
+    if p.source == "synthetic" and p.n_text_docs < need:
         errors.append(f"`prepare.n_text_docs` must be >= {need} to state every fact of {p.n_creatures} creatures "
                       f"in every template, got {p.n_text_docs}")
     if pt.warmup_steps > pt.steps:
@@ -347,18 +454,64 @@ def cross_checks(cfg: Config) -> list[str]:
     if cd.warmup_steps > cd.steps:
         errors.append(f"`cooldown.warmup_steps` {cd.warmup_steps} is longer than `cooldown.steps` {cd.steps}")
     for key in ("pretrain.batch_size", "cooldown.batch_size", "finetune.batch_size"):
+        share = section(cfg, key) // cfg.train.nproc
+        if cfg.train.microbatch_size > share:
+            errors.append(f"`train.microbatch_size` {cfg.train.microbatch_size} is larger than a process's share of "
+                          f"`{key}` ({section(cfg, key)} / `train.nproc` {cfg.train.nproc} = {share})")
         if section(cfg, key) % cfg.train.nproc:
             errors.append(f"`{key}` {section(cfg, key)} is not divisible by `train.nproc` {cfg.train.nproc}: the "
                           "global batch is split evenly over the training processes (batch / nproc each)")
     remote = cfg.shard.remote
     if remote is not None and "://" not in remote and not Path(remote).is_absolute():
         errors.append(f"`shard.remote` must be a URL such as s3://bucket/path (or an absolute folder), got {remote!r}")
+    if p.source == "files":
+        errors += _files_checks(p.files)
+    for key, folder in (("tokenize.tokenizer", USER_TOKENIZER), ("vision.pretrained", USER_ENCODER)):
+        if (value := section(cfg, key)) is not None and not _under(value, folder):
+            errors.append(f"`{key}` must be a path under {folder}/ (the folder its stage declares as a DVC "
+                          f"dependency, so replacing the file re-runs what depends on it), got {value!r}")
+    if cfg.vision.model is not None and cfg.vision.pretrained is None:
+        errors.append(f"`vision.model` {cfg.vision.model!r} needs `vision.pretrained`, the local checkpoint of its "
+                      "weights (nothing is ever downloaded)")
     if cfg.vision.pretrained is None:
         if vt.width % vt.heads:
             errors.append(f"`vision.tiny.width` {vt.width} is not divisible by `vision.tiny.heads` {vt.heads}")
         if p.image_size % vt.patch_size:
             errors.append(f"`prepare.image_size` {p.image_size} is not divisible by "
                           f"`vision.tiny.patch_size` {vt.patch_size}")
+    return errors
+
+
+def _under(path: str, folder: str) -> bool:
+    """`path` (relative, no `..` escaping) lies inside `folder`."""
+    norm = Path(os.path.normpath(path))
+    return not norm.is_absolute() and (norm == Path(folder) or Path(folder) in norm.parents)
+
+
+def _files_checks(files: FilesConfig) -> list[str]:
+    """`prepare.source: files`: the roles that must be present, and every path under inputs/data/.
+    Whether the paths exist is checked by `prepare` itself, before it reads anything."""
+    errors = []
+    for role in SOURCE_ROLES:
+        if not getattr(files, role):
+            errors.append(f"`prepare.files.{role}` lists no source; `prepare.source: files` needs text, "
+                          "captions and instruct sources (README, \"Bring your own data\")")
+    if not any(getattr(files, role) for role in EVAL_ROLES):
+        errors.append(f"`prepare.files` lists no evaluation source: give at least one of {', '.join(EVAL_ROLES)}")
+    for role in SOURCE_ROLES + EVAL_ROLES:
+        for i, src in enumerate(getattr(files, role)):
+            for name, value in dataclasses.asdict(src).items():
+                key = f"prepare.files.{role}[{i}].{name}"
+                if name in ("path", "questions", "annotations", "image_root") and value is not None:
+                    if not _under(value, USER_DATA):
+                        errors.append(f"`{key}` must be a path under {USER_DATA}/ (prepare's DVC dependency; "
+                                      f"put the file there, e.g. with `dvc add`), got {value!r}")
+            if role == "vqa":
+                try:
+                    src.image_pattern.format(image_id=0)
+                except (KeyError, IndexError, ValueError) as e:
+                    errors.append(f"`prepare.files.vqa[{i}].image_pattern` {src.image_pattern!r} must name the "
+                                  f"image from `{{image_id}}` (e.g. {COCO_VAL!r}): {e!r}")
     return errors
 
 

@@ -9,6 +9,7 @@ Shards are written uncompressed (design.md) and read back by stock `StreamingDat
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,9 @@ COLUMNS = {"tokens": "ndarray:int32", "mask": "ndarray:uint8", "image": "bytes"}
 SOURCES = ("text", "captions", "instruct")
 SPLITS = ("train", "val")
 HASHES = ["sha1"]  # each shard's hash in index.json: the index then pins the shards' contents
+# Streaming's default shard size: the writer holds one shard's samples in memory, so this (not the
+# input's size) bounds stream-shard's memory.
+SHARD_SIZE_LIMIT = 1 << 26
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> dict[str, np.ndarray]:
@@ -32,20 +36,31 @@ def split_indices(n: int, val_fraction: float, seed: int) -> dict[str, np.ndarra
     return {"val": np.sort(order[:n_val]), "train": np.sort(order[n_val:])}
 
 
-def pack_text(docs: Ragged, idx: np.ndarray, codec: Codec, seq_len: int) -> np.ndarray:
-    """Concatenate [bos] doc [eos] for the docs in `idx` and cut into rows of `seq_len` (remainder dropped)."""
-    bos, eos = codec.ids["bos"], codec.ids["eos"]
-    parts = []
+def pack_rows(docs: Ragged, idx: np.ndarray, codec: Codec, seq_len: int) -> Iterator[np.ndarray]:
+    """Rows of `seq_len` tokens cut from the stream [bos] doc [eos] of the docs in `idx`, in order
+    (the remainder is dropped); one row's worth of documents in memory at a time."""
+    bos, eos = np.array([codec.ids["bos"]], np.int32), np.array([codec.ids["eos"]], np.int32)
+    pending: list[np.ndarray] = []
+    size = 0
     for i in idx:
-        parts += [np.array([bos], np.int32), docs[i], np.array([eos], np.int32)]
-    stream = np.concatenate(parts) if parts else np.zeros(0, np.int32)
-    rows = len(stream) // seq_len
-    return stream[: rows * seq_len].reshape(rows, seq_len)
+        pending += [bos, np.asarray(docs[i]), eos]
+        size += len(docs[i]) + 2
+        if size >= seq_len:
+            stream = np.concatenate(pending)
+            rows = len(stream) // seq_len
+            yield from stream[: rows * seq_len].reshape(rows, seq_len)
+            pending, size = [stream[rows * seq_len:]], len(stream) - rows * seq_len
+
+
+def pack_text(docs: Ragged, idx: np.ndarray, codec: Codec, seq_len: int) -> np.ndarray:
+    """All of `pack_rows` as one (rows, seq_len) array."""
+    rows = list(pack_rows(docs, idx, codec, seq_len))
+    return np.stack(rows) if rows else np.zeros((0, seq_len), np.int32)
 
 
 def _samples(name: str, source: Ragged, idx: np.ndarray, codec: Codec, raw_dir: Path, seq_len: int):
     if name == "text":
-        for row in pack_text(source, idx, codec, seq_len):
+        for row in pack_rows(source, idx, codec, seq_len):
             yield {"tokens": row, "mask": np.ones_like(row, dtype=np.uint8), "image": b""}
         return
     for i in idx:
@@ -75,7 +90,8 @@ def write_shards(
             out = str(out_dir / name / split)
             if remote:  # written here and uploaded as each shard is finished
                 out = (out, f"{remote.rstrip('/')}/{name}/{split}")
-            with MDSWriter(out=out, columns=COLUMNS, compression=None, hashes=HASHES, keep_local=True) as writer:
+            with MDSWriter(out=out, columns=COLUMNS, compression=None, hashes=HASHES, keep_local=True,
+                           size_limit=SHARD_SIZE_LIMIT) as writer:
                 for sample in _samples(name, sources[name], splits[split], codec, raw_dir, seq_len):
                     writer.write(sample)
                     n += 1

@@ -44,8 +44,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, show_progress: bool =
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=show_progress,
     )
-    texts = list(texts)
-    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    tok.train_from_iterator(texts, trainer=trainer)  # consumed in batches: a corpus is never held whole
     return tok
 
 

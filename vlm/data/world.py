@@ -410,6 +410,11 @@ def _write_eval(cfg: PrepareConfig, seed: int, creatures: list[Creature], out: P
     return {"eval_vqa": len(questions), "eval_pope": len(pope), "eval_text_mc": len(text_mc)}
 
 
+def world_knobs(cfg: PrepareConfig) -> dict:
+    """The `prepare` params the world is made from (not those that select or read user files)."""
+    return {k: v for k, v in asdict(cfg).items() if k not in ("source", "max_bad_fraction", "files")}
+
+
 def _quiet(_: str) -> None:
     pass
 
@@ -444,7 +449,8 @@ def write_world(cfg: PrepareConfig, seed: int, out_dir: Path, log: Callable[[str
             **_write_eval(cfg, seed, creatures, tmp / "eval"),
         }
         _write_json(tmp / "world.json", {
-            "config": {"seed": seed, **asdict(cfg)}, "counts": counts, "questions": QUESTIONS, "attributes": ATTRIBUTES,
+            "config": {"seed": seed, **world_knobs(cfg)}, "counts": counts, "questions": QUESTIONS,
+            "attributes": ATTRIBUTES,
             "creatures": [asdict(c) for c in creatures],
         })
     return counts

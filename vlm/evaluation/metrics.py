@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 # The official VQA evaluation (GT-Vision-Lab's vqaEval.py), rebuilt from its documented behaviour,
 # quirks included, so our VQA numbers mean what published VQAv2 numbers mean.
@@ -87,6 +88,17 @@ def vqa_accuracy(prediction: str, answers: list[str]) -> float:
         raise ValueError("a VQA question needs at least one human answer")
     scores = [min(sum(h == pred for h in humans[:i] + humans[i + 1:]) / 3.0, 1.0) for i in range(len(humans))]
     return sum(scores) / len(scores)
+
+
+def answer_prior_accuracy(items: list[dict]) -> float:
+    """VQA's chance level for a user's evaluation set: the official accuracy of an answer-blind
+    guesser that gives every question the most frequent `multiple_choice_answer` of its
+    `answer_type` (yes/no, number, other) in this set (ties: the alphabetically first)."""
+    by_type: dict[str, Counter] = {}
+    for item in items:
+        by_type.setdefault(item["answer_type"], Counter())[item["multiple_choice_answer"]] += 1
+    guess = {t: min(c, key=lambda a: (-c[a], a)) for t, c in by_type.items()}
+    return sum(vqa_accuracy(guess[it["answer_type"]], it["answers"]) for it in items) / len(items)
 
 
 def stable_score(accuracy: float, chance: float) -> float:

@@ -129,6 +129,34 @@ def load_clip(path: Path) -> tuple[nn.Module, dict]:
     return model, preprocess_cfg_of(model)
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".npz")
+
+
+def load_named(model_name: str, checkpoint: Path) -> tuple[nn.Module, dict, dict]:
+    """(model, model_cfg, preprocess_cfg) of an open_clip built-in model (e.g. ViT-B-16-SigLIP) with
+    its weights from a local checkpoint: a file, or a folder holding exactly one weights file.
+
+    Nothing is downloaded: hub names are refused, and the image preprocessing (mean, std, resize)
+    is the one open_clip registers for the model's published weights, read from its own tables.
+    """
+    if model_name.startswith(("hf-hub:", "local-dir:")) or open_clip.get_model_config(model_name) is None:
+        raise ValueError(f"{model_name!r} is not one of open_clip's built-in model names (open_clip.list_models(); "
+                         "hub names would download)")
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_dir():
+        found = sorted(p for p in checkpoint.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+        if len(found) != 1:
+            raise FileNotFoundError(f"{checkpoint}: expected one weights file ({', '.join(WEIGHT_SUFFIXES)}), "
+                                    f"found {len(found)}")
+        checkpoint = found[0]
+    force = {}
+    if tags := open_clip.list_pretrained_tags_by_model(model_name):
+        published = open_clip.get_pretrained_cfg(model_name, tags[0])
+        force = {k: published[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in published}
+    model = open_clip.create_model(model_name, pretrained=str(checkpoint), force_preprocess_cfg=force)
+    return model, open_clip.get_model_config(model_name), preprocess_cfg_of(model)
+
+
 def preprocess_cfg_of(model: nn.Module) -> dict:
     """The preprocess_cfg open_clip attached to a model (or its visual tower) when loading it."""
     pp = dict(open_clip.get_model_preprocess_cfg(model))

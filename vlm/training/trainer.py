@@ -90,6 +90,7 @@ def make_trainer(
     eval_data: DataSpec | None = None,
     eval_interval: Callable | int = 1,
     loss_per_token: bool = True,
+    microbatch_size: int = 0,
 ) -> Trainer:
     """A Trainer with DecoupledAdamW, LR + speed monitors, the CSV curve logger and the health check.
 
@@ -100,6 +101,8 @@ def make_trainer(
     `loss_per_token`: the loss is a mean over the batch's loss tokens (`loader`'s DataSpec counts
     them), so Composer weights each process's (and microbatch's) loss by its share of those tokens:
     N processes then follow the same gradient as one. Off for a loss that is no per-token mean.
+    `microbatch_size` > 0: each process runs its batch in chunks of that many samples and
+    accumulates their gradients (Composer's `device_train_microbatch_size`): the same step, less memory.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = DecoupledAdamW(params, lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=weight_decay)
@@ -118,6 +121,7 @@ def make_trainer(
         schedulers=scheduler,
         step_schedulers_every_batch=True,
         accumulate_train_batch_on_tokens=loss_per_token,
+        device_train_microbatch_size=microbatch_size or None,
         eval_dataloader=evaluators,
         eval_interval=eval_interval,
         callbacks=[LRMonitor(), SpeedMonitor(window_size=10), Health(stage), *callbacks],
@@ -139,6 +143,9 @@ def make_trainer(
     if world > 1 and is_main():
         print(f"{stage}: {world} processes ({dist.get_local_world_size()} on this machine), "
               f"{train.dataloader.batch_size} samples each per step", flush=True)
+    if microbatch_size and is_main():
+        print(f"{stage}: each process runs its share of a batch in microbatches of "
+              f"{trainer.state.device_train_microbatch_size} samples", flush=True)
     done = trainer.state.timestamp.batch.value
     if done:
         print(f"{stage}: resumed from the checkpoint at step {done} in {resume.folder}", flush=True)
