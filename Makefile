@@ -11,7 +11,7 @@ BIN := /opt/venv/bin
 STAMP :=
 endif
 
-.PHONY: install repro test lint check-params clean-venv
+.PHONY: install repro test lint check-params study clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test: install
 # Check params.yaml (or PARAMS=file) in a second, without running anything.
 check-params: install
 	$(BIN)/python -m pipeline.check_params $(PARAMS)
+
+# A named study of studies.yaml as DVC experiments, then its report: make study NAME=ratio
+study: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pipeline.study $(NAME) $(STUDY_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

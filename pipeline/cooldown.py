@@ -41,7 +41,7 @@ def run(cfg: Config) -> None:
     branch = read_json(BRANCH / "branch.json")
     plan = cooldown_plan(branch["lr"], cd.min_continue_lr, cd.rewarm_lr, cd.warmup_steps, cd.final_lr_ratio)
     cdc = codec()
-    vlm = build_vlm_from(store.load_lm(BRANCH), ENCODER, cdc, freeze=cfg.vision.freeze, seed=cfg.seed)
+    vlm = build_vlm_from(store.load_lm(BRANCH), ENCODER, cdc, freeze=cfg.vision.freeze, seed=cfg.branch_seed)
     means = mean_tokens(read_json(SHARDS / "stats.json"), vlm.num_image_tokens)
     shares = {"text": 1 - cd.image_ratio - cd.instruct_ratio, "captions": cd.image_ratio,
               "instruct": cd.instruct_ratio}
@@ -54,7 +54,7 @@ def run(cfg: Config) -> None:
         flush=True,
     )
     batch = per_rank(cd.batch_size, "cooldown.batch_size")
-    ds = mixed_dataset({shards(cfg, k): n for k, n in counts.items()}, "train", batch, cfg.seed,
+    ds = mixed_dataset({shards(cfg, k): n for k, n in counts.items()}, "train", batch, cfg.branch_seed,
                        cd.steps * cd.batch_size)
     collate = image_collator(cdc, vlm, blank=cfg.vision.blank_images)
     share = TokenShare(cdc.ids["pad"])
@@ -62,7 +62,7 @@ def run(cfg: Config) -> None:
     resume = resume_for("mixed-cooldown", cfg)
     trainer = make_trainer(
         ComposerLM(vlm), loader(ds, collate, batch), f"{cd.steps}ba", plan.peak_lr, plan.scheduler(),
-        "mixed-cooldown", cfg.seed, **curve_paths("cooldown"), resume=resume, callbacks=[share],
+        "mixed-cooldown", cfg.branch_seed, **curve_paths("cooldown"), resume=resume, callbacks=[share],
         microbatch_size=cfg.train.microbatch_size,
     )
     trainer.fit()

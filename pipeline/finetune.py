@@ -27,16 +27,17 @@ def run(cfg: Config) -> None:
     ft = cfg.finetune
     cdc = codec()
     vlm = store.load_vlm(COOLDOWN, ENCODER, freeze_encoder=cfg.vision.freeze)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.branch_seed)
     batch = per_rank(ft.batch_size, "finetune.batch_size")
-    ds = dataset(shards(cfg, "instruct"), "train", batch, cfg.seed)
+    ds = dataset(shards(cfg, "instruct"), "train", batch, cfg.branch_seed)
     train = loader(ds, image_collator(cdc, vlm, blank=cfg.vision.blank_images), batch)
     print(f"finetune: {len(ds)} conversations x {ft.epochs} epochs, batch {ft.batch_size}", flush=True)
     t0 = time.time()
     resume = resume_for("finetune", cfg)
     trainer = make_trainer(
         ComposerLM(vlm), train, f"{ft.epochs}ep", ft.lr, warmup_cosine_scheduler(ft.warmup_steps, ft.final_lr_ratio),
-        "finetune", cfg.seed, **curve_paths("finetune"), resume=resume, microbatch_size=cfg.train.microbatch_size,
+        "finetune", cfg.branch_seed, **curve_paths("finetune"), resume=resume,
+        microbatch_size=cfg.train.microbatch_size,
     )
     trainer.fit()
     trainer.close()

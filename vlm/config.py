@@ -257,6 +257,14 @@ class ResumeConfig:
 
 
 @dataclass(frozen=True)
+class StudyConfig:
+    """Seed repeats of a named study (studies.yaml, `python -m pipeline.study`)."""
+
+    seed: int = spec(0)  # read only by mixed-cooldown and finetune: repeats share the text run
+    repeats: int = spec(1)  # study seeds per variant (0 .. repeats - 1); read by the study runner only
+
+
+@dataclass(frozen=True)
 class Config:
     seed: int = spec(0)
     prepare: PrepareConfig = spec()
@@ -271,6 +279,14 @@ class Config:
     evaluate: EvaluateConfig = spec()
     train: TrainConfig = spec()
     resume: ResumeConfig = spec()
+    study: StudyConfig = spec()
+
+    @property
+    def branch_seed(self) -> int:
+        """The seed of the branch-dependent stages (cooldown and fine-tuning: projector init, data
+        order): `seed` itself at study seed 0, so the default run is one seeded chain; a stream of
+        its own for every other study seed."""
+        return self.seed if self.study.seed == 0 else self.seed + 1_000_003 * self.study.seed
 
 
 # ---- building and checking ----------------------------------------------------------------------

@@ -1,0 +1,422 @@
+"""`python -m pipeline.study NAME`: a named study of studies.yaml, run as DVC experiments, reported.
+
+    python -m pipeline.study ratio            check, queue every variant x seed, run the queue, report
+    python -m pipeline.study ratio --plan     print one self-contained command per variant x seed
+    python -m pipeline.study ratio --report   the report alone, from `dvc exp show --json`
+    python -m pipeline.study ratio --pull origin   `dvc exp pull` what ran elsewhere, then report
+
+Everything is checked before anything is queued: the study name, the YAML, every param key and
+every value (each variant's params go through the same schema check as params.yaml). A variant x
+seed is the DVC experiment `<study>-<value>-s<seed>`: `-S <param>=<value> -S study.seed=<seed>`
+plus the study's `fixed` params. Experiments that already exist are not queued again, so a study
+that was stopped picks up where it was. The queue runs one experiment at a time (`dvc queue start
+-j 1`); a failed one is reported and the others go on. Shared upstream stages (text-pretrain) are
+never re-run: DVC skips them because their params and deps are those of the committed baseline,
+and the report counts, from each experiment's DVC log, where text-pretrain ran.
+
+The report (`reports/<study>/`): `report.md` (per variant: params, then mean ± sd over the seeds of
+every score, and the verdict on each of the paper's findings the study touches), `metrics.json`
+(the same numbers; a DVC plot) and `<study>.png` (the paper's style: the swept param on x, vision
+and text stable scores with sd error bars, per-task accuracies; re-warmed cooldowns marked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vlm.config import ALL_KEYS, PARAMS_FILE, ParamError, parse
+
+STUDIES_FILE = Path("studies.yaml")
+REPORTS = Path("reports")
+SCORES = ("vision_stable", "text_stable", "stable_mean")
+
+
+class StudyError(ValueError):
+    """studies.yaml, a study's name, param or value is wrong: found before anything is queued."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    claim: str
+    metric: str
+    better: Any
+    worse: Any
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    title: str
+    param: str
+    values: list
+    fixed: dict = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One variant x seed: a DVC experiment."""
+
+    name: str
+    value: Any
+    seed: int
+    sets: dict
+
+    def args(self) -> list[str]:
+        return [a for k, v in self.sets.items() for a in ("-S", f"{k}={_yaml_value(v)}")]
+
+
+def _yaml_value(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, bool) else str(v)
+
+
+def _slug(value: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "_", _yaml_value(value))
+
+
+# ---- reading and checking ------------------------------------------------------------------------
+
+def load_studies(path: Path = STUDIES_FILE) -> dict[str, Study]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise StudyError(f"{path}: file not found") from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise StudyError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from e
+    if not isinstance(raw, dict) or not raw:
+        raise StudyError(f"{path}: expected a mapping of study names to studies")
+    studies, errors = {}, []
+    for name, spec in raw.items():
+        where = f"{path}: study `{name}`"
+        if not isinstance(spec, dict) or not isinstance(spec.get("param"), str) or not isinstance(
+                spec.get("values"), list) or not spec["values"]:
+            errors.append(f"{where}: needs `param` (a dotted params key) and a non-empty list `values`")
+            continue
+        if unknown := set(spec) - {"title", "param", "values", "fixed", "findings"}:
+            errors.append(f"{where}: unknown keys {sorted(unknown)} (title, param, values, fixed, findings)")
+        findings = []
+        for j, f in enumerate(spec.get("findings") or []):
+            if not isinstance(f, dict) or {"claim", "metric", "better", "worse"} - set(f):
+                errors.append(f"{where}: finding {j} needs claim, metric, better and worse")
+                continue
+            if f["better"] not in spec["values"] or f["worse"] not in spec["values"]:
+                errors.append(f"{where}: finding {j} compares values that are not in `values`")
+            findings.append(Finding(f["claim"], f["metric"], f["better"], f["worse"]))
+        studies[name] = Study(str(name), spec.get("title", str(name)), spec["param"], spec["values"],
+                              spec.get("fixed") or {}, findings)
+    if errors:
+        raise StudyError("\n".join(errors))
+    return studies
+
+
+def _set(raw: dict, dotted: str, value: Any) -> None:
+    node = raw
+    *parents, last = dotted.split(".")
+    for p in parents:
+        node = node[p]
+    node[last] = value
+
+
+def runs_of(study: Study, params_file: Path = Path(PARAMS_FILE)) -> list[Run]:
+    """Every variant x seed, each checked against the params schema; StudyError lists the problems."""
+    base = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    repeats = parse(base, str(params_file)).study.repeats
+    leaves = {k for k in ALL_KEYS if "[]" not in k and not any(o.startswith(k + ".") for o in ALL_KEYS)}
+    errors = [f"study `{study.name}`: `{k}` is not a params key" for k in [study.param, *study.fixed]
+              if k not in leaves]
+    if errors:
+        raise StudyError("\n".join(errors))
+    runs = []
+    for value in study.values:
+        sets = {**study.fixed, study.param: value}
+        raw = json.loads(json.dumps(base))
+        for k, v in sets.items():
+            _set(raw, k, v)
+        try:
+            parse(raw, f"study `{study.name}`, {study.param}={_yaml_value(value)}")
+        except ParamError as e:
+            errors.append(str(e))
+            continue
+        runs += [Run(f"{study.name}-{_slug(value)}-s{seed}", value, seed, {**sets, "study.seed": seed})
+                 for seed in range(repeats)]
+    if errors:
+        raise StudyError("\n".join(errors))
+    return runs
+
+
+# ---- running -------------------------------------------------------------------------------------
+
+def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["dvc", *args], capture_output=True, text=True)
+    if check and proc.returncode:
+        raise RuntimeError(f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def experiments() -> dict[str, dict]:
+    """{experiment name: its `dvc exp show --json` revision data} of the current baseline."""
+    out = {}
+    for rev in json.loads(dvc("exp", "show", "--json").stdout):
+        for exp in rev.get("experiments") or []:
+            data = exp["revs"][0]
+            if data.get("data"):
+                out[exp["name"]] = data
+    return out
+
+
+def queue_status() -> dict[str, str]:
+    """{experiment name: Queued / Running / Success / Failed} from `dvc queue status`."""
+    status = {}
+    for line in dvc("queue", "status").stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[0] != "Task" and re.fullmatch(r"[0-9a-f]{7}", parts[0]):
+            status[parts[1]] = parts[-1]
+    return status
+
+
+def current_stage(name: str) -> str:
+    stages = re.findall(r"Running stage '([^']+)'", dvc("queue", "logs", name, check=False).stdout)
+    return stages[-1] if stages else "starting"
+
+
+def baseline_problem() -> str | None:
+    """Experiments start from the last commit and reuse its stages' outputs: it must be reproduced
+    (`dvc status` clean), or every experiment would train its own text run."""
+    if json.loads(dvc("status", "--json").stdout or "{}"):
+        return "the workspace is not reproduced: run `dvc repro` and commit dvc.lock first"
+    return None
+
+
+def run_study(study: Study, runs: list[Run]) -> list[str]:
+    """Queue the runs that do not exist yet, run the queue, show progress; returns the failed ones."""
+    done = experiments()
+    todo = [r for r in runs if r.name not in done]
+    print(f"study {study.name}: {len(runs)} runs ({len(runs) - len(todo)} already done), one at a time", flush=True)
+    for r in todo:
+        dvc("exp", "run", "--queue", "-n", r.name, *r.args())
+    if not todo:
+        return []
+    # The worker it starts lives on and would hold a pipe open: its output goes to a file instead.
+    with tempfile.TemporaryFile() as log:
+        if subprocess.run(["dvc", "queue", "start", "-j", "1"], stdout=log, stderr=log).returncode:
+            log.seek(0)
+            raise RuntimeError(f"dvc queue start failed:\n{log.read().decode(errors='replace')}")
+    t0, last = time.time(), ""
+    names = {r.name for r in todo}
+    while True:
+        status = {n: s for n, s in queue_status().items() if n in names}
+        running = [n for n, s in status.items() if s == "Running"]
+        finished = sum(s in ("Success", "Failed") for s in status.values())
+        line = (f"[{finished}/{len(todo)}] " + (f"{running[0]}: {current_stage(running[0])}" if running else "")
+                + f" ({(time.time() - t0) / 60:.1f} min)")
+        if line.split(" (")[0] != last:
+            print(line, flush=True)
+            last = line.split(" (")[0]
+        if finished == len(todo) or (not running and not any(s == "Queued" for s in status.values())):
+            break
+        time.sleep(2)
+    failed = sorted(n for n, s in status.items() if s != "Success")
+    for n in failed:
+        print(f"study {study.name}: {n} failed; `dvc queue logs {n}` shows why", flush=True)
+    return failed
+
+
+# ---- reporting -----------------------------------------------------------------------------------
+
+def _metric(data: dict, file: str, *path: str) -> Any:
+    node = data["metrics"].get(file, {}).get("data", {})
+    for p in path:
+        node = node.get(p, {}) if isinstance(node, dict) else {}
+    return node if node != {} else None
+
+
+def collect(study: Study, runs: list[Run]) -> list[dict]:
+    """One row per finished run: value, seed, the scores and per-task accuracies, cooldown LR mode."""
+    exps, rows = experiments(), []
+    for r in runs:
+        if r.name not in exps:
+            continue
+        data = exps[r.name]["data"]
+        row = {"run": r.name, "value": r.value, "seed": r.seed,
+               "lr_mode": _metric(data, "metrics/cooldown.json", "lr_mode")}
+        for s in SCORES:
+            row[s] = _metric(data, "metrics/eval.json", s)
+        for task, t in (_metric(data, "metrics/eval.json", "tasks") or {}).items():
+            row[f"{task}_accuracy"] = t.get("accuracy")
+        rows.append(row)
+    return rows
+
+
+def mean_sd(xs: list[float]) -> tuple[float, float, int]:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return math.nan, math.nan, 0
+    m = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else math.nan
+    return m, sd, len(xs)
+
+
+def summarise(study: Study, rows: list[dict]) -> dict:
+    """{value: {metric: [mean, sd, n]}} over the seeds of each variant."""
+    metrics = sorted({k for r in rows for k in r if k in SCORES or k.endswith("_accuracy")})
+    out = {}
+    for value in study.values:
+        mine = [r for r in rows if r["value"] == value]
+        if mine:
+            out[_yaml_value(value)] = {m: list(mean_sd([r.get(m) for r in mine])) for m in metrics}
+            out[_yaml_value(value)]["rewarm"] = any(r["lr_mode"] == "rewarm" for r in mine)
+    return out
+
+
+def verdict(finding: Finding, summary: dict) -> tuple[str, str]:
+    """(reproduced | opposite | not distinguishable | not run, our numbers): a difference counts when
+    the means are more than two standard errors of their difference apart."""
+    b, w = summary.get(_yaml_value(finding.better)), summary.get(_yaml_value(finding.worse))
+    if not b or not w or finding.metric not in b:
+        return "not run", "-"
+    (mb, sb, nb), (mw, sw, nw) = b[finding.metric], w[finding.metric]
+    numbers = f"{mb:.3f} ± {sb:.3f} vs {mw:.3f} ± {sw:.3f} (n = {nb}, {nw})"
+    if nb < 2 or nw < 2:
+        return "not distinguishable (one seed: no noise estimate)", numbers
+    se = math.sqrt(sb**2 / nb + sw**2 / nw)
+    diff = mb - mw
+    if diff > 2 * se:
+        return "reproduced", numbers
+    if diff < -2 * se:
+        return "opposite", numbers
+    return "not distinguishable", numbers
+
+
+def _cell(mean: float, sd: float) -> str:
+    return f"{mean:.3f}" if math.isnan(sd) else f"{mean:.3f} ± {sd:.3f}"
+
+
+def report(study: Study, runs: list[Run], failed: list[str] = ()) -> Path:
+    rows = collect(study, runs)
+    summary = summarise(study, rows)
+    folder = REPORTS / study.name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    logs = {r["run"]: dvc("queue", "logs", r["run"], check=False).stdout for r in rows}
+    logged = [name for name, log in logs.items() if "Running stage" in log or "didn't change" in log]
+    ran_text = [name for name in logged if "Running stage 'text-pretrain'" in logs[name]]
+    elsewhere = len(rows) - len(logged)
+    metrics = [m for m in (*SCORES, *sorted({k for v in summary.values() for k in v if k.endswith("_accuracy")}))
+               if any(m in v for v in summary.values())]
+    lines = [f"# Study `{study.name}`: {study.title}", "",
+             f"`{study.param}` over {', '.join(map(_yaml_value, study.values))}"
+             + (f", with {', '.join(f'`{k}`={_yaml_value(v)}' for k, v in study.fixed.items())}" if study.fixed else "")
+             + f"; {len(rows)} of {len(runs)} runs finished (mean ± sd over study seeds; n seeds per variant).",
+             f"text-pretrain ran in {len(ran_text)} of the {len(logged)} runs with a DVC log here"
+             + (f" ({elsewhere} ran elsewhere)" if elsewhere else "") + ".", "",
+             "| " + study.param + " | n | " + " | ".join(metrics) + " |",
+             "|---" * (len(metrics) + 2) + "|"]
+    for value, stats in summary.items():
+        mark = " (re-warmed)" if stats["rewarm"] else ""
+        cells = [_cell(*stats[m][:2]) if m in stats else "-" for m in metrics]
+        lines.append(f"| {value}{mark} | {stats[metrics[0]][2]} | " + " | ".join(cells) + " |")
+    if study.findings:
+        lines += ["", "| the paper's claim | metric | ours (better vs worse) | verdict |", "|---|---|---|---|"]
+        for f in study.findings:
+            v, numbers = verdict(f, summary)
+            lines.append(f"| {f.claim} | {f.metric} | {numbers} | {v} |")
+    if failed:
+        lines += ["", "Failed runs (not in the table): " + ", ".join(failed)]
+    (folder / "report.md").write_text("\n".join(lines) + "\n")
+    figure(study, summary, folder / f"{study.name}.png")
+    return folder / "report.md"
+
+
+def figure(study: Study, summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = list(summary)
+    pos = range(len(xs))
+    tasks = sorted({k for v in summary.values() for k in v if k.endswith("_accuracy")})
+    fig, axes = plt.subplots(1, 1 + len(tasks), figsize=(4 * (1 + len(tasks)), 3.2), squeeze=False)
+    ax = axes[0][0]
+    for metric, colour in (("vision_stable", "tab:blue"), ("text_stable", "tab:orange")):
+        if all(metric in summary[x] for x in xs):
+            ax.errorbar(pos, [summary[x][metric][0] for x in xs], yerr=[summary[x][metric][1] for x in xs],
+                        marker="o", capsize=3, color=colour, label=metric)
+    for i, x in enumerate(xs):
+        if summary[x]["rewarm"]:
+            ax.axvspan(i - 0.3, i + 0.3, color="grey", alpha=0.15, lw=0)
+    ax.set_ylabel("stable score")
+    ax.legend(fontsize=8)
+    for ax, task in zip(axes[0][1:], tasks, strict=True):
+        ax.errorbar(pos, [summary[x][task][0] for x in xs], yerr=[summary[x][task][1] for x in xs],
+                    marker="o", capsize=3, color="tab:green")
+        ax.set_title(task.removesuffix("_accuracy"), fontsize=9)
+        ax.set_ylabel("accuracy")
+    for ax in axes[0]:
+        ax.set_xticks(list(pos), xs)
+        ax.set_xlabel(study.param)
+    fig.suptitle(f"{study.title} (shaded: cooldown re-warmed)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, metadata={"Software": None})
+    plt.close(fig)
+
+
+# ---- the command -------------------------------------------------------------------------------
+
+def plan(study: Study, runs: list[Run], remote: str = "origin") -> str:
+    """One self-contained command per run, for a job array: in a clone at this commit (inside
+    `containers/run` on a cluster), fetch the baseline's outputs, run the variant in a temporary
+    copy, and push the experiment (git refs and DVC outputs) back to `remote`."""
+    return "\n".join(f"dvc pull -q && dvc exp run --temp -n {r.name} {' '.join(r.args())} && "
+                     f"dvc exp push {remote} {r.name}" for r in runs)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.study", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", help=f"a study of {STUDIES_FILE}")
+    parser.add_argument("--plan", action="store_true", help="print one command per variant x seed, run nothing")
+    parser.add_argument("--report", action="store_true", help="only the report, from `dvc exp show --json`")
+    parser.add_argument("--pull", metavar="REMOTE", help="`dvc exp pull REMOTE` each run first, then report")
+    args = parser.parse_args(argv)
+    try:
+        studies = load_studies()
+        if args.name not in studies:
+            raise StudyError(f"{STUDIES_FILE}: no study `{args.name}`; studies: {', '.join(studies)}")
+        study = studies[args.name]
+        runs = runs_of(study)
+    except (StudyError, ParamError) as e:
+        print(e, file=sys.stderr)
+        return 1
+    if args.plan:
+        print(plan(study, runs))
+        return 0
+    if args.pull:  # results run elsewhere (--plan) come back through the git remote
+        for r in runs:
+            dvc("exp", "pull", args.pull, r.name, check=False)
+    failed: list[str] = []
+    if not (args.report or args.pull):
+        if problem := baseline_problem():
+            print(f"study {study.name}: {problem}", file=sys.stderr)
+            return 1
+        failed = run_study(study, runs)
+    print(f"study {study.name}: report in {report(study, runs, failed)}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

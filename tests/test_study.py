@@ -1,0 +1,135 @@
+"""Named studies (pipeline/study.py): checked before anything is queued, run as DVC experiments,
+reported from `dvc exp show --json`; and run elsewhere, pushed, pulled back and reported."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from dvcrepo import ROOT, make_repo, run
+
+from pipeline import study as S
+
+TINY_STUDY = {"tiny-ratio": {"title": "two image ratios", "param": "cooldown.image_ratio", "values": [0.1, 0.3],
+                             "findings": [{"claim": "10% beats 30%", "metric": "vision_stable",
+                                           "better": 0.1, "worse": 0.3}]}}
+
+
+def check_fails(tmp_path, monkeypatch, studies_text: str, name: str) -> None:
+    """Run the command on a studies file in a folder that is no DVC repository: anything it tried to
+    queue would fail differently; it must stop at the check."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copy2(ROOT / "params.yaml", "params.yaml")
+    Path("studies.yaml").write_text(studies_text)
+    with pytest.raises(SystemExit) as code:
+        raise SystemExit(S.main([name]))
+    assert code.value.code == 1
+    assert not Path(".dvc").exists()
+
+
+@pytest.mark.parametrize(("studies", "name", "message"), [
+    (yaml.safe_dump(TINY_STUDY), "nope", "studies.yaml: no study `nope`; studies: tiny-ratio"),
+    (yaml.safe_dump({"s": {"param": "cooldown.image_ration", "values": [0.1]}}), "s",
+     "study `s`: `cooldown.image_ration` is not a params key"),
+    (yaml.safe_dump({"s": {"param": "cooldown.image_ratio", "values": [0.1, 1.5]}}), "s",
+     "study `s`, cooldown.image_ratio=1.5: `cooldown.image_ratio` must be <= 1.0, got 1.5"),
+    (yaml.safe_dump({"s": {"param": "branch.fraction", "values": [0.3]}}), "s",
+     "`branch.fraction` 0.3 is not a saved branch point"),
+    ("s:\n  param: [unclosed\n", "s", "studies.yaml: not valid YAML at line"),
+    (yaml.safe_dump({"s": {"param": "finetune.epochs"}}), "s", "study `s`: needs `param`"),
+])
+def test_bad_studies_fail_before_anything_is_queued(tmp_path, monkeypatch, capsys, studies, name, message):
+    check_fails(tmp_path, monkeypatch, studies, name)
+    assert message in capsys.readouterr().err
+
+
+def test_the_committed_studies_are_valid():
+    studies = S.load_studies(ROOT / "studies.yaml")
+    assert {"branch", "ratio", "scratch-ratio", "instruct", "ft-epochs", "freeze"} <= set(studies)
+    for study in studies.values():
+        runs = S.runs_of(study, ROOT / "params.yaml")
+        assert len(runs) == len(study.values) * 3 and len({r.name for r in runs}) == len(runs)
+
+
+@pytest.mark.parametrize(("better", "worse", "expected"), [
+    ((0.80, 0.01, 3), (0.70, 0.01, 3), "reproduced"),
+    ((0.70, 0.01, 3), (0.80, 0.01, 3), "opposite"),
+    ((0.80, 0.10, 3), (0.75, 0.10, 3), "not distinguishable"),
+    ((0.80, math.nan, 1), (0.70, math.nan, 1), "not distinguishable (one seed: no noise estimate)"),
+])
+def test_a_difference_counts_only_beyond_two_standard_errors(better, worse, expected):
+    finding = S.Finding("x beats y", "vision_stable", 1, 2)
+    summary = {"1": {"vision_stable": list(better)}, "2": {"vision_stable": list(worse)}}
+    assert S.verdict(finding, summary)[0] == expected
+
+
+def exps_far(repo: Path) -> dict[str, float]:
+    shown = json.loads(run(repo, "dvc", "exp", "show", "--json").stdout)
+    return {e["name"]: e["revs"][0]["data"]["metrics"]["metrics/eval.json"]["data"]["vision_stable"]
+            for rev in shown for e in rev.get("experiments") or [] if e["name"].startswith("far-")}
+
+
+def table(report: str) -> dict[str, list[str]]:
+    rows = [line.strip("|").split("|") for line in report.splitlines() if re.match(r"\| \d", line)]
+    return {cells[0].strip().split(" ")[0]: [c.strip() for c in cells[1:]] for cells in rows}
+
+
+def test_a_two_variant_two_seed_study_end_to_end(tmp_path):
+    repo = make_repo(tmp_path / "repo", **{"study.repeats": 2})
+    (repo / "studies.yaml").write_text(yaml.safe_dump(TINY_STUDY))
+    run(repo, "dvc", "repro")
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "baseline")
+
+    proc = run(repo, "python", "-m", "pipeline.study", "tiny-ratio")
+    assert "[4/4]" in proc.stdout  # progress: done/total, and the running experiment with its stage
+    assert re.search(r"\[[0-3]/4\] tiny-ratio-0\.[13]-s[01]: [a-z-]+ \(\d+\.\d min\)", proc.stdout), proc.stdout
+    shown = json.loads(run(repo, "dvc", "exp", "show", "--json").stdout)
+    exps = {e["name"]: e["revs"][0]["data"] for rev in shown for e in rev.get("experiments") or []}
+    names = {f"tiny-ratio-{v}-s{s}" for v in ("0.1", "0.3") for s in (0, 1)}
+    assert set(exps) == names
+    report = (repo / "reports/tiny-ratio/report.md").read_text()
+    assert "text-pretrain ran in 0 of the 4 runs with a DVC log here." in report  # the baseline's text run is reused
+    rows = table(report)
+    for value in ("0.1", "0.3"):
+        scores = [exps[f"tiny-ratio-{value}-s{s}"]["metrics"]["metrics/eval.json"]["data"]["vision_stable"]
+                  for s in (0, 1)]
+        mean, sd, n = S.mean_sd(scores)
+        assert rows[value][0] == "2" and rows[value][1] == f"{mean:.3f} ± {sd:.3f}"
+        seeds = {exps[f"tiny-ratio-{value}-s{s}"]["params"]["params.yaml"]["data"]["study"]["seed"] for s in (0, 1)}
+        assert seeds == {0, 1}
+    assert "10% beats 30%" in report and (repo / "reports/tiny-ratio/tiny-ratio.png").stat().st_size > 1000
+    # the two study seeds are different runs of the same variant, from the same text run
+    s0, s1 = (exps[f"tiny-ratio-0.1-s{s}"]["metrics"]["metrics/cooldown.json"]["data"] for s in (0, 1))
+    assert s0["branch_lr"] == s1["branch_lr"] and s0["realised_token_share"] != s1["realised_token_share"]
+
+    again = run(repo, "python", "-m", "pipeline.study", "tiny-ratio")  # nothing left to run
+    assert "4 runs (4 already done)" in again.stdout
+
+    # elsewhere: a bare git remote and a DVC remote stand in for the cluster's
+    remote, store = tmp_path / "origin.git", tmp_path / "dvc-store"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    run(repo, "git", "remote", "add", "origin", str(remote))
+    run(repo, "git", "push", "-q", "origin", "HEAD:main")
+    run(repo, "dvc", "remote", "add", "-d", "store", str(store))
+    run(repo, "git", "commit", "-qam", "remote")
+    run(repo, "git", "push", "-q", "origin", "HEAD:main")
+    run(repo, "dvc", "push", "-q")
+    with open(repo / "studies.yaml", "a") as f:
+        f.write(yaml.safe_dump({"far": {"param": "cooldown.image_ratio", "values": [0.2]}}))
+    commands = run(repo, "python", "-m", "pipeline.study", "far", "--plan").stdout.splitlines()
+    assert len(commands) == 2 and commands[0].startswith("dvc pull -q && dvc exp run --temp -n far-0.2-s0")
+    node = tmp_path / "node"
+    subprocess.run(["git", "clone", "-q", "-b", "main", str(remote), str(node)], check=True)
+    shutil.copy2(repo / "studies.yaml", node / "studies.yaml")
+    run(node, "bash", "-c", commands[0])  # the cluster's job 0
+    proc = run(repo, "python", "-m", "pipeline.study", "far", "--pull", "origin")
+    far = (repo / "reports/far/report.md").read_text()
+    assert "1 of 2 runs finished" in far and "(1 ran elsewhere)" in far
+    assert table(far)["0.2"][:2] == ["1", f"{exps_far(repo)['far-0.2-s0']:.3f}"]
