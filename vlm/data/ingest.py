@@ -333,7 +333,7 @@ def write_eval(r: Reading, out: Path) -> dict:
     tasks = {}
     if files.vqa:
         images = Images(ev, "images/vqa")
-        questions, annotations, items = [], [], []
+        questions, annotations = [], []
         for i, src in enumerate(files.vqa):
             key, tally = key_of("vqa", i), r.tallies[key_of("vqa", i)]
             qpath, apath = r.found[key]
@@ -363,13 +363,13 @@ def write_eval(r: Reading, out: Path) -> dict:
                 annotations.append({"question_id": qid, "image_id": qid, "answer_type": answer_type,
                                     "multiple_choice_answer": mc,
                                     "answers": [{"answer": a, "answer_id": j + 1} for j, a in enumerate(answers)]})
-                items.append({"answers": answers, "answer_type": answer_type, "multiple_choice_answer": mc})
                 tally.kept += 1
             tally.check(r.max_bad)
         (ev / "vqa_questions.json").write_text(json.dumps({"questions": questions}, indent=1) + "\n")
         (ev / "vqa_annotations.json").write_text(json.dumps({"annotations": annotations}, indent=1) + "\n")
         tasks["vqa"] = {"kind": "vqa", "questions": "vqa_questions.json", "annotations": "vqa_annotations.json",
-                        "image_dir": ".", "chance": round(answer_prior_accuracy(items), 6)}
+                        "image_dir": ".", "chance": round(answer_prior_accuracy([
+                            {**a, "answers": [x["answer"] for x in a["answers"]]} for a in annotations]), 6)}
     if files.pope:
         images = Images(ev, "images/pope")
         with (ev / "pope.jsonl").open("w", encoding="utf-8") as f:
