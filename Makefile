@@ -11,7 +11,7 @@ BIN := /opt/venv/bin
 STAMP :=
 endif
 
-.PHONY: install repro test lint check-params study clean-venv
+.PHONY: install repro test lint check-params study bench clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ check-params: install
 # A named study of studies.yaml as DVC experiments, then its report: make study NAME=ratio
 study: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pipeline.study $(NAME) $(STUDY_ARGS)
+
+# The performance figures with their targets (python -m bench): printed and written to reports/bench.json
+bench: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -2,8 +2,9 @@
 
 Phases: `text_pretrain` (the text run's last checkpoint; text tasks only, it has no eyes),
 `cooldown` and `finetune` (the headline). Per task: accuracy, chance and stable score; per phase:
-`vision_stable`, `text_stable` and their mean. Writes metrics/eval.json; its top-level scores are
-the fine-tuned model's.
+`vision_stable`, `text_stable` and their mean. Writes metrics/eval.json (its top-level scores are
+the fine-tuned model's) and logs/scores.json, the same stable scores as one row per phase and task or
+group: a DVC bar plot, so `dvc plots diff EXP_A EXP_B` sets experiments' scores side by side.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from vlm.io import read_json, write_json
 from vlm.model import store
 
 EVAL, METRICS, EXAMPLES = RAW / "eval", Path("metrics/eval.json"), Path("logs/eval_examples.json")
+PLOT = Path("logs/scores.json")
 VISION_TASKS, TEXT_TASKS = ("vqa", "pope"), ("text_mc",)
 SCORES = ("vision_stable", "text_stable", "stable_mean")
 load_image = functools.cache(readers.load_image)  # each eval image is decoded once, not once per phase
@@ -61,6 +63,18 @@ def evaluate_phase(tasks: dict, cdc, lm, vlm=None, collate=None, batch_size=64, 
     return summarise(scores, [t for t in VISION_TASKS if t in scores], [t for t in TEXT_TASKS if t in scores])
 
 
+def plot_rows(phases: dict) -> list[dict]:
+    """One row per phase and task (stable score, accuracy) or group (stable score): DVC plot data."""
+    rows = []
+    for phase, result in phases.items():
+        for name, r in result.items():
+            if isinstance(r, dict):
+                rows.append({"score": f"{phase}/{name}", "stable": r["stable"], "accuracy": r["accuracy"]})
+            elif name in SCORES and r is not None:
+                rows.append({"score": f"{phase}/{name}", "stable": r})
+    return rows
+
+
 def run(cfg: Config) -> None:
     batch_size, max_new, blank = cfg.evaluate.batch_size, cfg.evaluate.max_new_tokens, cfg.vision.blank_images
     t0 = time.time()
@@ -86,6 +100,7 @@ def run(cfg: Config) -> None:
         print(f"evaluate: no {' or '.join(missing)} task in data/raw/eval/tasks.json, so no "
               f"{', '.join(g + '_stable' for g in missing)}; stable_mean is over the groups present", flush=True)
     write_json(METRICS, metrics)
+    write_json(PLOT, plot_rows(phases))
     write_json(EXAMPLES, {p: r["vqa"]["examples"] for p, r in phases.items() if "vqa" in r})
     write_json(TIMINGS / "evaluate.json", {"seconds": round(time.time() - t0, 1)})
     print(f"evaluate: done in {time.time() - t0:.0f}s; " + ", ".join(

@@ -16,7 +16,7 @@ and the report counts, from each experiment's DVC log, where text-pretrain ran.
 
 The report (`reports/<study>/`): `report.md` (per variant: params, then mean ± sd over the seeds of
 every score, and the verdict on each of the paper's findings the study touches), `metrics.json`
-(the same numbers; a DVC plot) and `<study>.png` (the paper's style: the swept param on x, vision
+(the same numbers) and `<study>.png` (the paper's style: the swept param on x, vision
 and text stable scores with sd error bars, per-task accuracies; re-warmed cooldowns marked).
 """
 
@@ -201,15 +201,19 @@ def baseline_problem() -> str | None:
     return None
 
 
-def run_study(study: Study, runs: list[Run]) -> list[str]:
-    """Queue the runs that do not exist yet, run the queue, show progress; returns the failed ones."""
+def run_study(study: Study, runs: list[Run], poll: float = 30.0) -> tuple[list[str], str]:
+    """Queue the runs that do not exist yet, run the queue, show progress every `poll` seconds;
+    returns the failed ones and a line on the wall time.
+
+    Each look at the queue starts two `dvc` processes (about a second of CPU each), so a short
+    `poll` would take a good part of a small machine away from the training it watches."""
     done = experiments()
     todo = [r for r in runs if r.name not in done]
     print(f"study {study.name}: {len(runs)} runs ({len(runs) - len(todo)} already done), one at a time", flush=True)
     for r in todo:
         dvc("exp", "run", "--queue", "-n", r.name, *r.args())
     if not todo:
-        return []
+        return [], ""
     # The worker it starts lives on and would hold a pipe open: its output goes to a file instead.
     with tempfile.TemporaryFile() as log:
         if subprocess.run(["dvc", "queue", "start", "-j", "1"], stdout=log, stderr=log).returncode:
@@ -228,11 +232,12 @@ def run_study(study: Study, runs: list[Run]) -> list[str]:
             last = line.split(" (")[0]
         if finished == len(todo) or (not running and not any(s == "Queued" for s in status.values())):
             break
-        time.sleep(2)
+        time.sleep(poll)
     failed = sorted(n for n, s in status.items() if s != "Success")
     for n in failed:
         print(f"study {study.name}: {n} failed; `dvc queue logs {n}` shows why", flush=True)
-    return failed
+    minutes = (time.time() - t0) / 60
+    return failed, f"The {len(todo)} runs took {minutes:.1f} min here, {minutes / len(todo):.1f} min per run."
 
 
 # ---- reporting -----------------------------------------------------------------------------------
@@ -305,7 +310,7 @@ def _cell(mean: float, sd: float) -> str:
     return f"{mean:.3f}" if math.isnan(sd) else f"{mean:.3f} ± {sd:.3f}"
 
 
-def report(study: Study, runs: list[Run], failed: list[str] = ()) -> Path:
+def report(study: Study, runs: list[Run], failed: list[str] = (), timing: str = "") -> Path:
     rows = collect(study, runs)
     summary = summarise(study, rows)
     folder = REPORTS / study.name
@@ -322,7 +327,7 @@ def report(study: Study, runs: list[Run], failed: list[str] = ()) -> Path:
              + (f", with {', '.join(f'`{k}`={_yaml_value(v)}' for k, v in study.fixed.items())}" if study.fixed else "")
              + f"; {len(rows)} of {len(runs)} runs finished (mean ± sd over study seeds; n seeds per variant).",
              f"text-pretrain ran in {len(ran_text)} of the {len(logged)} runs with a DVC log here"
-             + (f" ({elsewhere} ran elsewhere)" if elsewhere else "") + ".", "",
+             + (f" ({elsewhere} ran elsewhere)" if elsewhere else "") + "." + (f" {timing}" if timing else ""), "",
              "| " + study.param + " | n | " + " | ".join(metrics) + " |",
              "|---" * (len(metrics) + 2) + "|"]
     for value, stats in summary.items():
@@ -392,6 +397,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--plan", action="store_true", help="print one command per variant x seed, run nothing")
     parser.add_argument("--report", action="store_true", help="only the report, from `dvc exp show --json`")
     parser.add_argument("--pull", metavar="REMOTE", help="`dvc exp pull REMOTE` each run first, then report")
+    parser.add_argument("--poll", type=float, default=30.0, metavar="SECONDS",
+                        help="seconds between looks at the queue for the progress line (default 30)")
     args = parser.parse_args(argv)
     try:
         studies = load_studies()
@@ -409,12 +416,13 @@ def main(argv: list[str]) -> int:
         for r in runs:
             dvc("exp", "pull", args.pull, r.name, check=False)
     failed: list[str] = []
+    timing = ""
     if not (args.report or args.pull):
         if problem := baseline_problem():
             print(f"study {study.name}: {problem}", file=sys.stderr)
             return 1
-        failed = run_study(study, runs)
-    print(f"study {study.name}: report in {report(study, runs, failed)}", flush=True)
+        failed, timing = run_study(study, runs, args.poll)
+    print(f"study {study.name}: report in {report(study, runs, failed, timing)}", flush=True)
     return 1 if failed else 0
 
 

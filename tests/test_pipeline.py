@@ -55,7 +55,7 @@ def test_full_repro_ends_in_metrics_for_every_phase(tiny):
     shown = run(tiny, "dvc", "metrics", "show", "--json").stdout
     assert "vision_stable" in shown
     plots = run(tiny, "dvc", "plots", "show", "--json").stdout
-    assert "training loss" in plots and "cooldown image token share" in plots
+    assert "training loss" in plots and "cooldown image token share" in plots and "logs/scores.json" in plots
     assert not list((tiny / "checkpoints").rglob("*.pt"))  # resume checkpoints go once a stage is done
 
 

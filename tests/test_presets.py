@@ -67,3 +67,29 @@ def test_preset_parameter_count(name):
     size = TABLE_2[name][-1]
     assert abs(total - size) / size < 0.06, f"{name}: {total:,} is not within 6% of {size:,.0f}"
     assert math.isclose(total, num_params(lm, exclude_embeddings=True) + 2 * NEOX_VOCAB * TABLE_2[name][2])
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    return {k: v for key, val in d.items()
+            for k, v in (_flat(val, f"{prefix}{key}.") if isinstance(val, dict) else {f"{prefix}{key}": val}).items()}
+
+
+def test_study_profile_changes_only_the_budgets_it_explains():
+    """params/study.yaml is params.yaml with the token budgets its header explains, nothing else: a key
+    added to params.yaml must be added there too (the check below then names it)."""
+    import yaml
+
+    default = _flat(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    text = (ROOT / "params/study.yaml").read_text()
+    profile = _flat(yaml.safe_load(text))
+    assert set(profile) == set(default), set(profile) ^ set(default)
+    changed = {k for k in default if profile[k] != default[k]}
+    assert changed == {"prepare.n_text_docs", "pretrain.steps", "cooldown.steps"}
+    for key in changed:
+        assert f"{key} {default[key]} -> {profile[key]}" in text  # the header says what changed and why
+    load(ROOT / "params/study.yaml")  # the same checks as params.yaml
+
+    def cooldown_per_text(p: dict) -> float:  # cooldown samples per text-run sequence (same seq_len)
+        return p["cooldown.steps"] * p["cooldown.batch_size"] / (p["pretrain.steps"] * p["pretrain.batch_size"])
+
+    assert cooldown_per_text(profile) <= cooldown_per_text(default) / 10  # nearer the paper's proportions

@@ -87,7 +87,7 @@ def test_a_two_variant_two_seed_study_end_to_end(tmp_path):
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "baseline")
 
-    proc = run(repo, "python", "-m", "pipeline.study", "tiny-ratio")
+    proc = run(repo, "python", "-m", "pipeline.study", "tiny-ratio", "--poll", "5")
     assert "[4/4]" in proc.stdout  # progress: done/total, and the running experiment with its stage
     assert re.search(r"\[[0-3]/4\] tiny-ratio-0\.[13]-s[01]: [a-z-]+ \(\d+\.\d min\)", proc.stdout), proc.stdout
     shown = json.loads(run(repo, "dvc", "exp", "show", "--json").stdout)
@@ -105,6 +105,16 @@ def test_a_two_variant_two_seed_study_end_to_end(tmp_path):
         seeds = {exps[f"tiny-ratio-{value}-s{s}"]["params"]["params.yaml"]["data"]["study"]["seed"] for s in (0, 1)}
         assert seeds == {0, 1}
     assert "10% beats 30%" in report and (repo / "reports/tiny-ratio/tiny-ratio.png").stat().st_size > 1000
+    assert re.search(r"The 4 runs took \d+\.\d min here, \d+\.\d min per run\.", report), report
+    # each run's scores are a DVC plot: `dvc plots diff` sets two experiments' bars side by side
+    pair = ["tiny-ratio-0.1-s0", "tiny-ratio-0.3-s1"]
+    plots = json.loads(run(repo, "dvc", "plots", "diff", *pair, "--json").stdout)["data"]["logs/scores.json"]
+    assert set(plots[0]["revisions"]) == set(pair)
+    bars = {(v["rev"], v["score"]): v["stable"] for v in plots[0]["content"]["data"]["values"]}
+    for name in pair:
+        scores = exps[name]["metrics"]["metrics/eval.json"]["data"]
+        assert bars[(name, "finetune/vision_stable")] == scores["vision_stable"]
+        assert (name, "text_pretrain/text_mc") in bars and (name, "cooldown/vqa") in bars
     # the two study seeds are different runs of the same variant, from the same text run
     s0, s1 = (exps[f"tiny-ratio-0.1-s{s}"]["metrics"]["metrics/cooldown.json"]["data"] for s in (0, 1))
     assert s0["branch_lr"] == s1["branch_lr"] and s0["realised_token_share"] != s1["realised_token_share"]

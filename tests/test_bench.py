@@ -1,0 +1,46 @@
+"""`python -m bench`: every code path at a tiny size (no timing asserted), and the FLOPs formula
+against the model's own modules."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+from bench.stack import train_flops_per_token
+from vlm.model.lm import LM, lm_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("preset", ["tiny", "79m"])
+def test_flops_per_token_counts_every_matmul_weight(preset):
+    cfg = lm_config(preset, 1000, 64)
+    lm = LM(cfg)
+    linear = sum(m.weight.numel() for m in lm.modules() if isinstance(m, nn.Linear))
+    attention = 12 * cfg.n_layer * cfg.n_head * cfg.d_head * 64
+    assert train_flops_per_token(cfg, 64) == 6 * linear + attention
+
+
+def test_bench_runs_every_figure_at_a_tiny_size(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    tiny = results["steps"]["tiny"]
+    for key in ("stack_tokens_per_sec", "bare_tokens_per_sec", "matmul_peak_flops", "stack_utilisation"):
+        assert tiny[key] > 0, key
+    (data,) = results["data"]
+    assert data["tokenize"]["docs"] > 0 and data["tokenize"]["ours_over_encode_batch"] > 0
+    default = json.loads((ROOT / "metrics/shards.json").read_text())  # the default world, rewritten
+    assert data["mds_write"]["samples"] == sum(split["samples"] for split in default.values())
+    assert data["streaming_read"]["samples"] == 256
+    figures = [row["figure"] for row in results["table"]]
+    assert any(f.startswith("stack / bare") for f in figures) and any("Streaming read" in f for f in figures)
+    for row in results["table"]:  # the printed table: every figure with its target
+        assert row["figure"] in proc.stdout and row["target"] in proc.stdout
