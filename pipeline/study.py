@@ -219,12 +219,14 @@ def run_study(study: Study, runs: list[Run], poll: float = 30.0) -> tuple[list[s
         if subprocess.run(["dvc", "queue", "start", "-j", "1"], stdout=log, stderr=log).returncode:
             log.seek(0)
             raise RuntimeError(f"dvc queue start failed:\n{log.read().decode(errors='replace')}")
-    t0, last = time.time(), ""
+    t0, last, began = time.time(), "", None  # began: when the first of these runs was seen running
     names = {r.name for r in todo}
     while True:
         status = {n: s for n, s in queue_status().items() if n in names}
         running = [n for n, s in status.items() if s == "Running"]
         finished = sum(s in ("Success", "Failed") for s in status.values())
+        if began is None and (running or finished):
+            began = time.time()
         line = (f"[{finished}/{len(todo)}] " + (f"{running[0]}: {current_stage(running[0])}" if running else "")
                 + f" ({(time.time() - t0) / 60:.1f} min)")
         if line.split(" (")[0] != last:
@@ -236,7 +238,8 @@ def run_study(study: Study, runs: list[Run], poll: float = 30.0) -> tuple[list[s
     failed = sorted(n for n, s in status.items() if s != "Success")
     for n in failed:
         print(f"study {study.name}: {n} failed; `dvc queue logs {n}` shows why", flush=True)
-    minutes = (time.time() - t0) / 60
+    # from the first of this study's runs, not from queueing: runs queued before it go first
+    minutes = (time.time() - (began or t0)) / 60
     return failed, f"The {len(todo)} runs took {minutes:.1f} min here, {minutes / len(todo):.1f} min per run."
 
 

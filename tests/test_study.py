@@ -143,3 +143,14 @@ def test_a_two_variant_two_seed_study_end_to_end(tmp_path):
     far = (repo / "reports/far/report.md").read_text()
     assert "1 of 2 runs finished" in far and "(1 ran elsewhere)" in far
     assert table(far)["0.2"][:2] == ["1", f"{exps_far(repo)['far-0.2-s0']:.3f}"]
+
+
+def test_readme_results_are_the_committed_reports():
+    """README's study tables are those of the committed reports (reports/<study>/report.md), verbatim."""
+    readme = (ROOT / "README.md").read_text()
+    reports = sorted((ROOT / "reports").glob("*/report.md"))
+    assert reports, "no committed study report"
+    for report in reports:
+        rows = [line for line in report.read_text().splitlines() if line.startswith("|")]
+        assert rows and all(row in readme for row in rows), report
+        assert f"reports/{report.parent.name}/{report.parent.name}.png" in readme
