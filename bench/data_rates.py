@@ -58,7 +58,7 @@ def read_rate(cfg: Config, shards: Path, samples: int) -> dict:
 
     from pipeline.cooldown import mean_tokens
     from vlm.data.mixing import batch_counts
-    from vlm.data.tokenizer import SPECIAL_TOKENS
+    from vlm.data.tokenizer import Codec
     from vlm.io import read_json
     from vlm.model.vision import image_tensor
     from vlm.training.data import Collator, mixed_dataset
@@ -71,7 +71,7 @@ def read_rate(cfg: Config, shards: Path, samples: int) -> dict:
                            "instruct": 0.0}, means, b)
     ds = mixed_dataset({shards / k: n for k, n in counts.items()}, "train", b, cfg.seed, samples)
     pp = {"size": size, "mean": [0.5] * 3, "std": [0.5] * 3}
-    ids = {name: i for i, name in enumerate(SPECIAL_TOKENS)}
+    ids = Codec.from_file(shards.parent / "tokens/tokenizer.json").ids  # the tokenizer tokenize wrote
     collate = Collator(ids, n_img, functools.partial(image_tensor, preprocess_cfg=pp))
     dl = StreamingDataLoader(ds, batch_size=b, collate_fn=collate, num_workers=0)
     t0, n = time.perf_counter(), 0
