@@ -12,8 +12,10 @@ Figures:
      default and the `79m` preset (short runs; on a GPU in bf16, the `1.4b` preset too);
   4. data stages at 1x and 10x the embedded world: tokenize against `tokenizers`' encode_batch, MDS
      write rate, and the Streaming read rate of the cooldown's mix against the training consumption
-     rate (bench/data_rates.py).
-(Cached encoder features, figure 3, are not built yet.)
+     rate (bench/data_rates.py);
+  3. cooldown and fine-tuning steps with every image encoded as it comes, with the frozen encoder's
+     cached features, and with those plus `train.split_by_length`, projected to the default's stage
+     lengths (bench/image_steps.py), and the one-time cost of the stage encode-images.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from bench import data_rates, stack
+from bench import data_rates, image_steps, stack
 from vlm.config import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +78,16 @@ def figures(results: dict) -> list[tuple[str, str, str, bool | None]]:
         rows.append((f"Streaming read (cooldown mix) / training consumption, {s}",
                      f"{d['streaming_read']['samples_per_sec']:,.0f} / {consume:,.0f} samples/s = {ratio:.1f}",
                      ">= 10", ratio >= 10))
+    img = results["image_steps"]
+    v = img["variants"]
+    rows.append(("cooldown + finetune seconds (projected): pixels, features, + split",
+                 " -> ".join(f"{r['projected_seconds']:.0f} s (x{r['speedup']:.2f})" for r in v.values()),
+                 ">= 2x", v["features + split"]["speedup"] >= 2))
+    rows.append(("  of which cached features alone", f"x{v['features']['speedup']:.2f}", "-", None))
+    read = img["streaming_read_features"]["samples_per_sec"]
+    rows.append(("Streaming read (cooldown mix, cached features) / consumption, 1x",
+                 f"{read:,.0f} / {consume:,.0f} samples/s = {read / consume:.1f}", ">= 10", read / consume >= 10))
+    rows.append(("encode-images (once per encoder and data)", f"{img['encode_images_seconds']:.1f} s", "-", None))
     for d in results["data"]:
         rows.append((f"data stage seconds, {d['scale']}x",
                      ", ".join(f"{k} {v:.1f}" for k, v in d["stage_seconds"].items()), "linear in size", None))
@@ -106,6 +118,9 @@ def main(argv: list[str]) -> int:
         print(f"bench: data stages at {scale}x ...", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             results["data"].append(data_rates.measure(cfg, scale, Path(tmp), 256 if args.quick else None))
+            if scale == 1:  # on the default world data_rates just wrote
+                print("bench: cooldown and fine-tuning steps with images ...", flush=True)
+                results["image_steps"] = image_steps.measure(cfg, Path(tmp), *((2, 1) if args.quick else (20, 3)))
     results["seconds"] = round(time.time() - t0, 1)
     rows = figures(results)
     results["table"] = [dict(zip(("figure", "value", "target", "met"), r, strict=True)) for r in rows]

@@ -52,8 +52,9 @@ def tokenize_rates(texts: list[str], tokenizer_file: Path, work: Path, repeats: 
             "encode_batch_docs_per_sec": len(texts) / theirs, "ours_over_encode_batch": theirs / ours}
 
 
-def read_rate(cfg: Config, shards: Path, samples: int) -> dict:
-    """Samples/s of the cooldown's text + caption mix, collated with images preprocessed."""
+def read_rate(cfg: Config, shards: Path, samples: int, features=None) -> dict:
+    """Samples/s of the cooldown's text + caption mix, collated with images preprocessed (or, with a
+    `features` store, looked up)."""
     from streaming import StreamingDataLoader
 
     from pipeline.cooldown import mean_tokens
@@ -72,7 +73,7 @@ def read_rate(cfg: Config, shards: Path, samples: int) -> dict:
     ds = mixed_dataset({shards / k: n for k, n in counts.items()}, "train", b, cfg.seed, samples)
     pp = {"size": size, "mean": [0.5] * 3, "std": [0.5] * 3}
     ids = Codec.from_file(shards.parent / "tokens/tokenizer.json").ids  # the tokenizer tokenize wrote
-    collate = Collator(ids, n_img, functools.partial(image_tensor, preprocess_cfg=pp))
+    collate = Collator(ids, n_img, functools.partial(image_tensor, preprocess_cfg=pp), features=features)
     dl = StreamingDataLoader(ds, batch_size=b, collate_fn=collate, num_workers=0)
     t0, n = time.perf_counter(), 0
     for batch in dl:

@@ -17,6 +17,7 @@ STAGES = {
     "tokenize": "pipeline.tokenize_sources",
     "stream-shard": "pipeline.stream_shard",
     "train-encoder": "pipeline.train_encoder",
+    "encode-images": "pipeline.encode_images",
     "text-pretrain": "pipeline.text_pretrain",
     "branch-at-fraction": "pipeline.branch",
     "mixed-cooldown": "pipeline.cooldown",

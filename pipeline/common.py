@@ -9,6 +9,7 @@ import yaml
 
 from pipeline.paths import LOGS, METRICS, TIMINGS, TOKENS
 from vlm.config import MAX_SEQ_LEN, Config, section
+from vlm.data.features import FeatureStore
 from vlm.data.tokenizer import Codec
 from vlm.io import write_json
 from vlm.model.lm import LM, lm_config
@@ -40,11 +41,22 @@ def build_vlm_from(lm: LM, encoder_dir: Path, cdc: Codec, freeze: bool, seed: in
     return vlm
 
 
-def image_collator(cdc: Codec, vlm: VLM, blank: bool = False) -> Collator:
-    """A Collator that expands image placeholders for `vlm` and preprocesses images as its encoder expects."""
+def image_collator(cdc: Codec, vlm: VLM, blank: bool = False, features: FeatureStore | None = None) -> Collator:
+    """A Collator that expands image placeholders for `vlm` and gives it each image as its encoder
+    expects it (preprocessed), or as the encoder's cached output with a feature store."""
     pp = preprocess_cfg_of(vlm.encoder.visual)
     to_tensor = functools.partial(image_tensor, preprocess_cfg=pp)
-    return Collator(cdc.ids, vlm.num_image_tokens, to_tensor, blank_images=blank)
+    return Collator(cdc.ids, vlm.num_image_tokens, to_tensor, blank_images=blank, features=features)
+
+
+def feature_store(cfg: Config, folder: Path, encoder_dir: Path) -> FeatureStore | None:
+    """The cached features of `encoder_dir` in `folder` (encode-images) when `vision.cache_features`
+    applies (a frozen encoder), else None: the stage encodes every image as it goes."""
+    if not cfg.vision.cached_features:
+        return None
+    store = FeatureStore(folder, encoder_dir)
+    print(f"using the frozen encoder's cached features of {len(store.row_of):,} images ({folder})", flush=True)
+    return store
 
 
 def resume_for(stage: str, cfg: Config) -> Resume:

@@ -12,8 +12,16 @@ from __future__ import annotations
 
 import time
 
-from pipeline.common import build_vlm_from, codec, curve_paths, image_collator, resume_for, write_metrics
-from pipeline.paths import BRANCH, COOLDOWN, ENCODER, SHARDS
+from pipeline.common import (
+    build_vlm_from,
+    codec,
+    curve_paths,
+    feature_store,
+    image_collator,
+    resume_for,
+    write_metrics,
+)
+from pipeline.paths import BRANCH, COOLDOWN, ENCODER, FEATURES, SHARDS
 from pipeline.streams import shards
 from vlm.config import Config
 from vlm.data.mixing import batch_counts, token_shares
@@ -56,12 +64,13 @@ def run(cfg: Config) -> None:
     batch = per_rank(cd.batch_size, "cooldown.batch_size")
     ds = mixed_dataset({shards(cfg, k): n for k, n in counts.items()}, "train", batch, cfg.branch_seed,
                        cd.steps * cd.batch_size)
-    collate = image_collator(cdc, vlm, blank=cfg.vision.blank_images)
+    collate = image_collator(cdc, vlm, blank=cfg.vision.blank_images, features=feature_store(cfg, FEATURES, ENCODER))
     share = TokenShare(cdc.ids["pad"])
     t0 = time.time()
     resume = resume_for("mixed-cooldown", cfg)
+    train = loader(ds, collate, batch, cfg.train.split_by_length)
     trainer = make_trainer(
-        ComposerLM(vlm), loader(ds, collate, batch), f"{cd.steps}ba", plan.peak_lr, plan.scheduler(),
+        ComposerLM(vlm), train, f"{cd.steps}ba", plan.peak_lr, plan.scheduler(),
         "mixed-cooldown", cfg.branch_seed, **curve_paths("cooldown"), resume=resume, callbacks=[share],
         microbatch_size=cfg.train.microbatch_size,
     )

@@ -13,8 +13,8 @@ import functools
 import time
 from pathlib import Path
 
-from pipeline.common import codec, image_collator
-from pipeline.paths import COOLDOWN, ENCODER, FINETUNE, PRETRAIN, RAW, TIMINGS
+from pipeline.common import codec, feature_store, image_collator
+from pipeline.paths import COOLDOWN, ENCODER, FEATURES, FINETUNE, PRETRAIN, RAW, TIMINGS
 from vlm.config import Config
 from vlm.data import readers
 from vlm.evaluation.metrics import stable_score, summarise
@@ -29,21 +29,10 @@ SCORES = ("vision_stable", "text_stable", "stable_mean")
 load_image = functools.cache(readers.load_image)  # each eval image is decoded once, not once per phase
 
 
-def load_tasks() -> dict:
-    """The evaluation sets named in data/raw/eval/tasks.json, read and checked up front."""
-    spec = read_json(EVAL / "tasks.json")
-    tasks = {}
-    for name, t in spec.items():
-        if t["kind"] == "vqa":
-            items = readers.read_vqa(EVAL / t["questions"], EVAL / t["annotations"], EVAL / t["image_dir"])
-        elif t["kind"] == "pope":
-            items = readers.read_pope(EVAL / t["file"])
-        elif t["kind"] == "mc":
-            items = readers.read_mc(EVAL / t["file"])
-        else:
-            raise ValueError(f"{EVAL / 'tasks.json'}: task {name!r} has unknown kind {t['kind']!r}")
-        tasks[name] = {"kind": t["kind"], "chance": float(t["chance"]), "items": items}
-    return tasks
+def images_for(collate):
+    """How `collate` takes an evaluation image (a Path): its file's bytes, the key of its cached
+    features; else decoded."""
+    return Path.read_bytes if collate.features is not None else load_image
 
 
 def evaluate_phase(tasks: dict, cdc, lm, vlm=None, collate=None, batch_size=64, max_new_tokens=4) -> dict:
@@ -54,9 +43,9 @@ def evaluate_phase(tasks: dict, cdc, lm, vlm=None, collate=None, batch_size=64, 
         elif vlm is None:
             continue
         elif task["kind"] == "vqa":
-            result = score_vqa(vlm, collate, cdc, task["items"], load_image, batch_size, max_new_tokens)
+            result = score_vqa(vlm, collate, cdc, task["items"], images_for(collate), batch_size, max_new_tokens)
         else:
-            result = score_pope(vlm, collate, cdc, task["items"], load_image, batch_size, max_new_tokens)
+            result = score_pope(vlm, collate, cdc, task["items"], images_for(collate), batch_size, max_new_tokens)
         result["chance"] = task["chance"]
         result["stable"] = stable_score(result["accuracy"], task["chance"])
         scores[name] = result
@@ -78,15 +67,16 @@ def plot_rows(phases: dict) -> list[dict]:
 def run(cfg: Config) -> None:
     batch_size, max_new, blank = cfg.evaluate.batch_size, cfg.evaluate.max_new_tokens, cfg.vision.blank_images
     t0 = time.time()
-    tasks = load_tasks()
+    tasks = readers.load_tasks(EVAL)
     cdc = codec()
     last = max(read_json(PRETRAIN / "schedule.json")["branch_points"].values())
     text_lm = store.load_lm(PRETRAIN / f"ba{last}")
 
     phases = {"text_pretrain": evaluate_phase(tasks, cdc, text_lm.eval())}
+    features = feature_store(cfg, FEATURES, ENCODER)
     for phase, folder in (("cooldown", COOLDOWN), ("finetune", FINETUNE)):
         vlm = store.load_vlm(folder, ENCODER).eval()
-        collate = image_collator(cdc, vlm, blank=blank)
+        collate = image_collator(cdc, vlm, blank=blank, features=features)
         phases[phase] = evaluate_phase(tasks, cdc, vlm.lm, vlm, collate, batch_size, max_new)
         print(f"evaluate: {phase}: " + ", ".join(
             f"{n} {phases[phase][n]['accuracy']:.3f}" for n in tasks if n in phases[phase]), flush=True)

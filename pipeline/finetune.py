@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 
-from pipeline.common import codec, curve_paths, image_collator, resume_for, write_metrics
-from pipeline.paths import COOLDOWN, ENCODER, FINETUNE
+from pipeline.common import codec, curve_paths, feature_store, image_collator, resume_for, write_metrics
+from pipeline.paths import COOLDOWN, ENCODER, FEATURES, FINETUNE
 from pipeline.streams import shards
 from vlm.config import Config
 from vlm.io import atomic_dir
@@ -30,7 +30,8 @@ def run(cfg: Config) -> None:
     seed_everything(cfg.branch_seed)
     batch = per_rank(ft.batch_size, "finetune.batch_size")
     ds = dataset(shards(cfg, "instruct"), "train", batch, cfg.branch_seed)
-    train = loader(ds, image_collator(cdc, vlm, blank=cfg.vision.blank_images), batch)
+    collate = image_collator(cdc, vlm, blank=cfg.vision.blank_images, features=feature_store(cfg, FEATURES, ENCODER))
+    train = loader(ds, collate, batch, cfg.train.split_by_length)
     print(f"finetune: {len(ds)} conversations x {ft.epochs} epochs, batch {ft.batch_size}", flush=True)
     t0 = time.time()
     resume = resume_for("finetune", cfg)

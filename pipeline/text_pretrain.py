@@ -36,7 +36,7 @@ def run(cfg: Config) -> None:
     lm = new_lm(cfg.model.preset, cdc.vocab_size, cfg.seed)
     collate = Collator(cdc.ids)
     batch, text = per_rank(pt.batch_size, "pretrain.batch_size"), shards(cfg, "text")
-    train = loader(dataset(text, "train", batch, cfg.seed), collate, batch)
+    train = loader(dataset(text, "train", batch, cfg.seed), collate, batch, cfg.train.split_by_length)
     val = loader(dataset(text, "val", batch, cfg.seed, shuffle=False), collate, batch)
     tokens_per_step = pt.batch_size * seq_len
     print(

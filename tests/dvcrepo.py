@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 GIT_IDENTITY = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
                 "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"}  # `dvc exp` commits
-STAGES = ["prepare", "tokenize", "stream-shard", "train-encoder", "text-pretrain", "branch-at-fraction",
-          "mixed-cooldown", "finetune", "evaluate"]
+STAGES = ["prepare", "tokenize", "stream-shard", "train-encoder", "encode-images", "text-pretrain",
+          "branch-at-fraction", "mixed-cooldown", "finetune", "evaluate"]
 
 TINY = {
     "prepare": {"n_text_docs": 120, "n_creatures": 8, "n_instruct_creatures": 2, "n_images": 120,

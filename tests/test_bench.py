@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from torch import nn
 
 from bench.stack import train_flops_per_token
@@ -40,7 +41,19 @@ def test_bench_runs_every_figure_at_a_tiny_size(tmp_path):
     default = json.loads((ROOT / "metrics/shards.json").read_text())  # the default world, rewritten
     assert data["mds_write"]["samples"] == sum(split["samples"] for split in default.values())
     assert data["streaming_read"]["samples"] == 256
+    img = results["image_steps"]
+    assert set(img["variants"]) == {"pixels", "features", "features + split"} and img["encode_images_seconds"] > 0
+    for v in img["variants"].values():
+        assert v["cooldown_seconds_per_step"] > 0 and v["finetune_seconds_per_step"] > 0 and v["speedup"] > 0
+    assert img["variants"]["pixels"]["speedup"] == 1.0
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    samples = json.loads((ROOT / "metrics/shards.json").read_text())["instruct/train"]["samples"]
+    ft = params["finetune"]
+    assert img["finetune_steps"] == ft["epochs"] * -(-samples // ft["batch_size"])  # the default's step counts
+    assert img["cooldown_steps"] == params["cooldown"]["steps"]
+    assert img["streaming_read_features"]["samples"] == img["cooldown_steps"] * params["cooldown"]["batch_size"]
     figures = [row["figure"] for row in results["table"]]
     assert any(f.startswith("stack / bare") for f in figures) and any("Streaming read" in f for f in figures)
     for row in results["table"]:  # the printed table: every figure with its target
         assert row["figure"] in proc.stdout and row["target"] in proc.stdout
+

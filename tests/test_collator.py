@@ -11,7 +11,17 @@ import torch
 from PIL import Image
 
 from vlm.model.vision import image_tensor, preprocess_config
-from vlm.training.data import CAPTION, INSTRUCT, TEXT, Collator, blank_like, decode_image, loader, real_tokens
+from vlm.training.data import (
+    CAPTION,
+    INSTRUCT,
+    TEXT,
+    Collator,
+    best_cut,
+    blank_like,
+    decode_image,
+    loader,
+    real_tokens,
+)
 
 IDS = {"bos": 10, "eos": 11, "pad": 12, "image": 13, "user": 14, "assistant": 15}
 N_IMG, SIZE = 4, 8
@@ -163,4 +173,63 @@ def test_microbatches_carry_exactly_their_rows_images():
     assert [p["input_ids"].shape[0] for p in parts] == [2, 2, 1]
     assert [p["images"][:, 0, 0, 0].tolist() for p in parts[:2]] == [[10.0], [20.0, 30.0]]
     assert "images" not in parts[2]
-    assert torch.equal(torch.cat([p["input_ids"] for p in parts]), batch["input_ids"])
+    assert parts[2]["input_ids"].shape[1] == 4  # each chunk is cut to its own longest row (here: text)
+    width = batch["input_ids"].shape[1]
+    padded = [torch.nn.functional.pad(p["input_ids"], (0, width - p["input_ids"].shape[1]), value=ids["pad"])
+              for p in parts]
+    assert torch.equal(torch.cat(padded), batch["input_ids"])
+
+
+def test_best_cut_leaves_the_fewest_padded_positions():
+    assert best_cut([5, 5, 5]) == 0  # no cut saves a position
+    assert best_cut([2, 2, 2, 10, 10]) == 3  # 3 x 2 + 2 x 10 = 26 positions instead of 50
+    assert best_cut([1, 9]) == 1
+    assert best_cut([7]) == 0
+
+
+def test_split_by_length_groups_short_and_long_rows_with_their_images():
+    ids = {"bos": 0, "eos": 1, "pad": 2, "image": 3, "user": 4, "assistant": 5}
+    collate = Collator(ids, num_image_tokens=2, to_tensor=lambda imgs: torch.stack(
+        [torch.full((3, 1, 1), float(img.getpixel((0, 0))[0])) for img in imgs]))
+    long_text = {"tokens": np.array([0, *[9] * 10, 1], np.int32), "mask": np.ones(12, np.uint8), "image": b""}
+
+    def caption(red: int) -> dict:
+        buf = io.BytesIO()
+        Image.new("RGB", (2, 2), (red, 0, 0)).save(buf, format="PNG")
+        return {"tokens": np.array([0, 3, 9, 1], np.int32), "mask": np.array([0, 0, 1, 1], np.uint8),
+                "image": buf.getvalue()}
+
+    batch = collate([caption(10), long_text, caption(20), long_text, caption(30)])
+    parts = collate.split(batch, 8, by_length=True)
+    assert [tuple(p["input_ids"].shape) for p in parts] == [(3, 5), (2, 12)]  # captions: 4 tokens + 1 image token
+    assert parts[0]["images"][:, 0, 0, 0].tolist() == [10.0, 20.0, 30.0] and "images" not in parts[1]
+    assert [tuple(p["input_ids"].shape) for p in collate.split(batch, 2, by_length=True)] == [(2, 5), (1, 5), (2, 12)]
+    assert [p["input_ids"].shape[0] for p in collate.split(batch, 8)] == [5]  # off: one padded batch
+
+
+def test_split_by_length_keeps_the_whole_batchs_loss_and_gradient():
+    """Composer weights each microbatch's loss by its loss tokens (make_trainer's loss_per_token): the
+    sum over the length groups is the whole batch's loss, and so is its gradient."""
+    from vlm.model.lm import LM, lm_config, masked_lm_loss
+
+    torch.manual_seed(0)
+    lm = LM(lm_config("tiny", vocab_size=64, max_seq_len=64))
+    rng = np.random.default_rng(0)
+    samples = [sample([IDS["bos"], *rng.integers(20, 64, n - 2).tolist(), IDS["eos"]]) for n in (30, 5, 6, 28, 4, 7)]
+    batch = collator()(samples)
+
+    def loss_and_grad(parts):
+        lm.zero_grad()
+        total = sum(int(p["loss_mask"][:, 1:].sum()) for p in parts)
+        loss = sum(masked_lm_loss(lm(p["input_ids"]), p["input_ids"], p["loss_mask"]) * int(p["loss_mask"][:, 1:].sum())
+                   / total for p in parts)
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in lm.parameters()]
+
+    parts = collator().split(batch, 8, by_length=True)
+    assert [p["input_ids"].shape[1] for p in parts] == [7, 30]
+    whole, grads = loss_and_grad([batch])
+    split, split_grads = loss_and_grad(parts)
+    assert split == pytest.approx(whole, rel=1e-6)
+    for a, b in zip(grads, split_grads, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)

@@ -90,6 +90,7 @@ def test_two_processes_train_the_same_model_as_one(repo):
     for stage in ("text-pretrain", "mixed-cooldown", "finetune"):
         assert f"composer -n 2 -m pipeline {stage}" in proc.stdout
     assert "text-pretrain: 2 processes (2 on this machine), 2 samples each per step" in proc.stdout
+    assert "train.split_by_length is off with 2 processes" in proc.stdout
     assert sorted(p.name for p in (repo / "data/pretrain").iterdir()) == one_points
     for c in curves:
         two = csv_column(repo / f"logs/{c}.csv", "loss")

@@ -148,6 +148,7 @@ def test_the_committed_default_run_realises_its_image_share():
         ({"shard.val_fraction": 0.1}, ["stream-shard"]),
         # the control reaches every stage that shows the model an image
         ({"vision.blank_images": True}, ["mixed-cooldown", "finetune", "evaluate"]),
+        ({"vision.cache_features": False}, ["encode-images", "mixed-cooldown", "finetune", "evaluate"]),
         ({"resume.checkpoint_interval": 7}, []),  # resume checkpoints never change a result
     ],
 )
@@ -179,6 +180,33 @@ def test_bad_params_fail_before_work_and_keep_the_old_outputs(tiny):
     with changed_params(tiny, **{"tokenize.vocab_size": 100}):
         proc = run(tiny, "python", "-m", "pipeline", "tokenize", check=False)
     assert proc.returncode == 2 and "`tokenize.vocab_size`" in proc.stderr and proc.stdout == ""
+
+
+def test_cached_features_train_and_score_as_encoding_every_step(tiny):
+    """The frozen encoder's cached features (the default) against encoding every image as it comes:
+    the same cooldown and fine-tuning losses within float tolerance, and the same scores."""
+    cached = {c: csv_column(tiny / f"logs/{c}.csv", "loss") for c in ("cooldown", "finetune")}
+    scores = json.loads((tiny / "metrics/eval.json").read_text())
+    store = json.loads((tiny / "metrics/features.json").read_text())
+    n_images = sum(s["images"] for k, s in json.loads((tiny / "metrics/shards.json").read_text()).items()
+                   if not k.startswith("text/"))
+    assert store["enabled"] and store["images"] >= n_images  # every shard image, then the evaluation ones
+    assert 0 < store["distinct_images"] <= store["images"]
+    with changed_params(tiny, **{"vision.cache_features": False}):
+        proc = run(tiny, "dvc", "repro")
+        assert ran(proc) == ["encode-images", "mixed-cooldown", "finetune", "evaluate"]
+        assert "cached features" not in proc.stdout and "no cache (vision.cache_features is false)" in proc.stdout
+        uncached = {c: csv_column(tiny / f"logs/{c}.csv", "loss") for c in ("cooldown", "finetune")}
+        plain = json.loads((tiny / "metrics/eval.json").read_text())
+    for c in cached:
+        assert len(cached[c]) == len(uncached[c]) > 0
+        assert list(uncached[c].values()) == pytest.approx(list(cached[c].values()), rel=1e-5), c
+    for task, result in scores["tasks"].items():
+        assert plain["tasks"][task]["accuracy"] == pytest.approx(result["accuracy"], abs=1e-9), task
+    # Back to the cached run: DVC's run cache restores the training outputs; evaluate, whose outputs
+    # are not cached (metrics in git), runs again and scores as before.
+    proc = run(tiny, "dvc", "repro")
+    assert ran(proc) == ["evaluate"] and json.loads((tiny / "metrics/eval.json").read_text()) == scores
 
 
 # The runs below leave their params in the workspace (as `dvc exp run` does): keep them last.

@@ -187,8 +187,16 @@ class VisionConfig:
     model: str | None = spec()
     pretrained: str | None = spec(exists="any")
     freeze: bool = spec()
+    # With `freeze`: encode each distinct image once (stage encode-images) and look its features up in
+    # training and evaluation; a trained encoder (freeze false) always encodes as it goes.
+    cache_features: bool = spec()
     blank_images: bool = spec()
     tiny: TinyEncoderConfig = spec()
+
+    @property
+    def cached_features(self) -> bool:
+        """Whether the stages read data/features instead of running the encoder on every image."""
+        return self.freeze and self.cache_features
 
 
 @dataclass(frozen=True)
@@ -246,6 +254,10 @@ class TrainConfig:
 
     nproc: int = spec(1)  # processes on this machine (GPUs on a GPU node; gloo processes on a CPU)
     microbatch_size: int = spec(0)  # samples per forward/backward in each process (0 = its whole share)
+    # Sort each process's rows by length and run the short and the long ones as two microbatches, each
+    # padded only to its own longest row: less work, the same step (vlm/training/data.py, Collator.split).
+    # One process only: with several (DDP) it is off, as every process must run the same microbatches.
+    split_by_length: bool = spec()
 
 
 @dataclass(frozen=True)

@@ -550,3 +550,24 @@ def mc_item(record: dict, where: str) -> dict:
     if key not in labels:
         raise DataError(f"{where}: answerKey {key!r} is not among the labels {labels}")
     return {"id": str(qid), "stem": stem, "labels": labels, "choices": texts, "answer": labels.index(key)}
+
+
+# ---- evaluation sets ----------------------------------------------------------------------------
+
+def load_tasks(eval_dir: str | Path) -> dict:
+    """The evaluation sets named in `eval_dir`/tasks.json (as prepare writes them), read and checked:
+    {name: {"kind", "chance", "items"}}."""
+    eval_dir = Path(eval_dir)
+    spec = json.loads((eval_dir / "tasks.json").read_text())
+    tasks = {}
+    for name, t in spec.items():
+        if t["kind"] == "vqa":
+            items = read_vqa(eval_dir / t["questions"], eval_dir / t["annotations"], eval_dir / t["image_dir"])
+        elif t["kind"] == "pope":
+            items = read_pope(eval_dir / t["file"])
+        elif t["kind"] == "mc":
+            items = read_mc(eval_dir / t["file"])
+        else:
+            raise DataError(f"{eval_dir / 'tasks.json'}: task {name!r} has unknown kind {t['kind']!r}")
+        tasks[name] = {"kind": t["kind"], "chance": float(t["chance"]), "items": items}
+    return tasks

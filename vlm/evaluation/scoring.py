@@ -33,14 +33,14 @@ def left_pad(seqs: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.T
 
 
 @torch.no_grad()
-def generate(model, collate: Collator, codec: Codec, questions: list[str], images: list[Image.Image],
+def generate(model, collate: Collator, codec: Codec, questions: list[str], images: list[bytes | Image.Image],
              max_new_tokens: int) -> list[str]:
-    """Greedy answers of a VLM to one question about each image."""
+    """Greedy answers of a VLM to one question about each image (a file's bytes or a decoded image)."""
     prompts = [np.array(codec.prompt(f"{IMAGE_MARK}\n{q}")) for q in questions]
     seqs = [collate.expand(p, np.zeros_like(p))[0] for p in prompts]
     device = next(model.parameters()).device
     ids, mask = (t.to(device) for t in left_pad(seqs, codec.ids["pad"]))
-    pixels = collate.pixels(images).to(device)
+    pixels = collate.image_input(images).to(device)
     eos = codec.ids["eos"]
     out = torch.zeros((len(seqs), 0), dtype=torch.long, device=device)
     done = torch.zeros(len(seqs), dtype=torch.bool, device=device)
