@@ -120,7 +120,7 @@ def main(argv: list[str]) -> int:
             results["data"].append(data_rates.measure(cfg, scale, Path(tmp), 256 if args.quick else None))
             if scale == 1:  # on the default world data_rates just wrote
                 print("bench: cooldown and fine-tuning steps with images ...", flush=True)
-                results["image_steps"] = image_steps.measure(cfg, Path(tmp), *((2, 1) if args.quick else (20, 3)))
+                results["image_steps"] = image_steps.measure(cfg, Path(tmp), *((2, 1, 256) if args.quick else (20, 3)))
     results["seconds"] = round(time.time() - t0, 1)
     rows = figures(results)
     results["table"] = [dict(zip(("figure", "value", "target", "met"), r, strict=True)) for r in rows]

@@ -43,8 +43,9 @@ def _seconds_per_step(vlm, data, steps: int, warmup: int, lr: float) -> float:
     return (clock.times[-1] - clock.times[warmup - 1]) / steps
 
 
-def measure(cfg: Config, work: Path, steps: int = 20, warmup: int = 3) -> dict:
-    """Seconds per cooldown and fine-tuning step of each variant, and the projected stage times."""
+def measure(cfg: Config, work: Path, steps: int = 20, warmup: int = 3, read_samples: int | None = None) -> dict:
+    """Seconds per cooldown and fine-tuning step of each variant, and the projected stage times; the
+    read with cached features covers `read_samples` (default: one cooldown's worth)."""
     from bench.data_rates import read_rate
     from pipeline import encode_images
     from pipeline.common import image_collator
@@ -97,7 +98,8 @@ def measure(cfg: Config, work: Path, steps: int = 20, warmup: int = 3) -> dict:
             }
             print(f"bench: {name}: cooldown {cooldown:.3f} s/step, finetune {finetune:.3f} s/step", flush=True)
         shutil.copytree("data/shards", Path("data/shards_read"))  # beside data/tokens, as read_rate expects
-        out["streaming_read_features"] = read_rate(cfg, Path("data/shards_read"), cd.steps * cd.batch_size, store)
+        samples = read_samples or cd.steps * cd.batch_size
+        out["streaming_read_features"] = read_rate(cfg, Path("data/shards_read"), samples, store)
         base = out["variants"]["pixels"]["projected_seconds"]
         for v in out["variants"].values():
             v["speedup"] = base / v["projected_seconds"]
