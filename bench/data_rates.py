@@ -57,8 +57,7 @@ def read_rate(cfg: Config, shards: Path, samples: int, features=None) -> dict:
     `features` store, looked up)."""
     from streaming import StreamingDataLoader
 
-    from pipeline.cooldown import mean_tokens
-    from vlm.data.mixing import batch_counts
+    from pipeline.cooldown import batch_mix
     from vlm.data.tokenizer import Codec
     from vlm.io import read_json
     from vlm.model.vision import image_tensor
@@ -66,10 +65,8 @@ def read_rate(cfg: Config, shards: Path, samples: int, features=None) -> dict:
 
     size = cfg.prepare.image_size
     n_img = (size // cfg.vision.tiny.patch_size) ** 2
-    means = mean_tokens(read_json(shards / "stats.json"), n_img)
+    _, counts = batch_mix(cfg.cooldown, read_json(shards / "stats.json"), n_img)
     b = cfg.cooldown.batch_size
-    counts = batch_counts({"text": 1 - cfg.cooldown.image_ratio, "captions": cfg.cooldown.image_ratio,
-                           "instruct": 0.0}, means, b)
     ds = mixed_dataset({shards / k: n for k, n in counts.items()}, "train", b, cfg.seed, samples)
     pp = {"size": size, "mean": [0.5] * 3, "std": [0.5] * 3}
     ids = Codec.from_file(shards.parent / "tokens/tokenizer.json").ids  # the tokenizer tokenize wrote

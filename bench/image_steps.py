@@ -49,9 +49,8 @@ def measure(cfg: Config, work: Path, steps: int = 20, warmup: int = 3, read_samp
     from bench.data_rates import read_rate
     from pipeline import encode_images
     from pipeline.common import image_collator
-    from pipeline.cooldown import mean_tokens
+    from pipeline.cooldown import batch_mix
     from vlm.data.features import FeatureStore
-    from vlm.data.mixing import batch_counts
     from vlm.data.tokenizer import Codec
     from vlm.io import read_json
     from vlm.model.lm import lm_config
@@ -73,11 +72,9 @@ def measure(cfg: Config, work: Path, steps: int = 20, warmup: int = 3, read_samp
         encode_seconds = time.perf_counter() - t0
         store = FeatureStore(Path("data/features"), Path("data/encoder"))
         vlm = build_vlm(lm_config(cfg.model.preset, cdc.vocab_size, MAX_SEQ_LEN), clip, cdc.ids["image"], True)
-        means = mean_tokens(read_json(Path("data/shards/stats.json")), vlm.num_image_tokens)
-        counts = batch_counts({"text": 1 - cd.image_ratio - cd.instruct_ratio, "captions": cd.image_ratio,
-                               "instruct": cd.instruct_ratio}, means, cd.batch_size)
-        ft_steps = ft.epochs * -(-read_json(Path("data/shards/stats.json"))["instruct/train"]["samples"]
-                                 // ft.batch_size)
+        stats = read_json(Path("data/shards/stats.json"))
+        _, counts = batch_mix(cd, stats, vlm.num_image_tokens)
+        ft_steps = ft.epochs * -(-stats["instruct/train"]["samples"] // ft.batch_size)
         out: dict = {"encode_images_seconds": encode_seconds, "cooldown_steps": cd.steps, "finetune_steps": ft_steps,
                      "steps_timed": steps, "variants": {}}
         for i, (name, (cached, split)) in enumerate(VARIANTS.items()):

@@ -23,7 +23,7 @@ from pipeline.common import (
 )
 from pipeline.paths import BRANCH, COOLDOWN, ENCODER, FEATURES, SHARDS
 from pipeline.streams import shards
-from vlm.config import Config
+from vlm.config import Config, CooldownConfig
 from vlm.data.mixing import batch_counts, token_shares
 from vlm.io import atomic_dir, read_json
 from vlm.model import store
@@ -43,6 +43,14 @@ def mean_tokens(stats: dict, num_image_tokens: int) -> dict[str, float]:
     return out
 
 
+def batch_mix(cd: CooldownConfig, stats: dict, num_image_tokens: int) -> tuple[dict[str, float], dict[str, int]]:
+    """(mean tokens per sample, samples per global batch) of each source at the cooldown's token shares."""
+    means = mean_tokens(stats, num_image_tokens)
+    shares = {"text": 1 - cd.image_ratio - cd.instruct_ratio, "captions": cd.image_ratio,
+              "instruct": cd.instruct_ratio}
+    return means, batch_counts(shares, means, cd.batch_size)
+
+
 def run(cfg: Config) -> None:
     join_processes()
     cd = cfg.cooldown
@@ -50,10 +58,7 @@ def run(cfg: Config) -> None:
     plan = cooldown_plan(branch["lr"], cd.min_continue_lr, cd.rewarm_lr, cd.warmup_steps, cd.final_lr_ratio)
     cdc = codec()
     vlm = build_vlm_from(store.load_lm(BRANCH), ENCODER, cdc, freeze=cfg.vision.freeze, seed=cfg.branch_seed)
-    means = mean_tokens(read_json(SHARDS / "stats.json"), vlm.num_image_tokens)
-    shares = {"text": 1 - cd.image_ratio - cd.instruct_ratio, "captions": cd.image_ratio,
-              "instruct": cd.instruct_ratio}
-    counts = batch_counts(shares, means, cd.batch_size)
+    means, counts = batch_mix(cd, read_json(SHARDS / "stats.json"), vlm.num_image_tokens)
     expected = token_shares(counts, means)
     print(
         f"mixed-cooldown: from branch {branch['fraction']:.0%} (LR {branch['lr']:.3g}) -> {plan.mode} at "
