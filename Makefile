@@ -1,6 +1,7 @@
-# Two entry points for a fresh machine (README.md):
-#   make repro   install into .venv, then `dvc repro` the embedded default
-#   make test    install into .venv, then run the test suite
+# Entry points for a fresh machine (README.md):
+#   make repro      install into .venv, then `dvc repro` the embedded default
+#   make test       install into .venv, then the fast tier of the tests (unit tests + one tiny pipeline)
+#   make test-all   every tier: fast, slow (more pipelines), bench and container (CI runs this)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ BIN := /opt/venv/bin
 STAMP :=
 endif
 
-.PHONY: install repro test lint check-params study bench clean-venv
+.PHONY: install repro test test-all lint check-params study bench clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +25,18 @@ install: $(STAMP)
 repro: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
-# pytest exits 5 when it collected no test: that is a failure, not a pass.
+# Test tiers are pytest markers (pyproject.toml): `slow` (more pipeline runs), `bench` (the
+# performance code at size), `container` (builds the image and runs the pipeline in it). The fast
+# tier is everything else. pytest exits 5 when it collected no test: a failure, not a pass.
+FAST_TIER := not slow and not bench and not container
+PYTEST = PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
+
 test: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	$(PYTEST) -m "$(FAST_TIER)" $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test-all: install
+	$(PYTEST) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # Check params.yaml (or PARAMS=file) in a second, without running anything.

@@ -16,6 +16,9 @@ Figures:
   3. cooldown and fine-tuning steps with every image encoded as it comes, with the frozen encoder's
      cached features, and with those plus `train.split_by_length`, projected to the default's stage
      lengths (bench/image_steps.py), and the one-time cost of the stage encode-images.
+  5. the params check as users meet it: `python -m pipeline.check_params` on the committed file and
+     on one-edit copies that each break one rule, each call timed from interpreter start
+     (bench/params_check.py).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from bench import data_rates, image_steps, stack
+from bench import data_rates, image_steps, params_check, stack
 from vlm.config import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,6 +91,9 @@ def figures(results: dict) -> list[tuple[str, str, str, bool | None]]:
     rows.append(("Streaming read (cooldown mix, cached features) / consumption, 1x",
                  f"{read:,.0f} / {consume:,.0f} samples/s = {read / consume:.1f}", ">= 10", read / consume >= 10))
     rows.append(("encode-images (once per encoder and data)", f"{img['encode_images_seconds']:.1f} s", "-", None))
+    pc = results["params_check"]
+    rows.append((f"params check, slowest of {len(pc['cases'])} bad files (good file)",
+                 f"{pc['max_bad_seconds']:.2f} s ({pc['good_seconds']:.2f} s)", "< 1 s", pc["max_bad_seconds"] < 1))
     for d in results["data"]:
         rows.append((f"data stage seconds, {d['scale']}x",
                      ", ".join(f"{k} {v:.1f}" for k, v in d["stage_seconds"].items()), "linear in size", None))
@@ -113,6 +119,9 @@ def main(argv: list[str]) -> int:
     for name, (setup, repeats) in step_benches(cfg, args.quick).items():
         print(f"bench: training steps, {name} ...", flush=True)
         results["steps"][name] = stack.run(setup, repeats)
+    print("bench: the params check ...", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        results["params_check"] = params_check.measure(Path(tmp), quick=args.quick)
     results["data"] = []
     for scale in (1,) if args.quick else (1, 10):
         print(f"bench: data stages at {scale}x ...", flush=True)

@@ -58,10 +58,11 @@ def read_rate(cfg: Config, shards: Path, samples: int, features=None) -> dict:
     from streaming import StreamingDataLoader
 
     from pipeline.cooldown import batch_mix
+    from vlm.data.batches import Collator
     from vlm.data.tokenizer import Codec
     from vlm.io import read_json
     from vlm.model.vision import image_tensor
-    from vlm.training.data import Collator, mixed_dataset
+    from vlm.training.data import mixed_dataset
 
     size = cfg.prepare.image_size
     n_img = (size // cfg.vision.tiny.patch_size) ** 2

@@ -50,13 +50,14 @@ def measure(cfg: Config, work: Path, steps: int = 20, warmup: int = 3, read_samp
     from pipeline import encode_images
     from pipeline.common import image_collator
     from pipeline.cooldown import batch_mix
+    from vlm.data.batches import Collator
     from vlm.data.features import FeatureStore
     from vlm.data.tokenizer import Codec
     from vlm.io import read_json
     from vlm.model.lm import lm_config
     from vlm.model.vision import build_clip, load_clip, preprocess_config, save_clip, tiny_clip_config
     from vlm.model.vlm import build_vlm
-    from vlm.training.data import Collator, dataset, loader, mixed_dataset
+    from vlm.training.data import dataset, loader, mixed_dataset
     from vlm.training.trainer import seed_everything
 
     cd, ft, tiny = cfg.cooldown, cfg.finetune, cfg.vision.tiny

@@ -29,11 +29,12 @@ from composer.core import Callback, Event, State
 from composer.optim import ConstantScheduler, DecoupledAdamW
 from streaming import MDSWriter
 
+from vlm.data.batches import Collator
 from vlm.data.shards import COLUMNS
 from vlm.data.tokenizer import SPECIAL_TOKENS
 from vlm.model.lm import LM, LMConfig, lm_config, masked_lm_loss
 from vlm.training.composer_model import ComposerLM
-from vlm.training.data import Collator, dataset, loader
+from vlm.training.data import dataset, loader
 from vlm.training.trainer import device_and_precision, make_trainer
 
 IDS = {name: i for i, name in enumerate(SPECIAL_TOKENS)}

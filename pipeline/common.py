@@ -9,13 +9,13 @@ import yaml
 
 from pipeline.paths import LOGS, METRICS, TIMINGS, TOKENS
 from vlm.config import MAX_SEQ_LEN, Config, section
+from vlm.data.batches import Collator
 from vlm.data.features import FeatureStore
 from vlm.data.tokenizer import Codec
 from vlm.io import write_json
 from vlm.model.lm import LM, lm_config
 from vlm.model.vision import image_tensor, load_clip, preprocess_cfg_of
 from vlm.model.vlm import VLM, build_vlm
-from vlm.training.data import Collator
 from vlm.training.resume import Resume, fingerprint
 from vlm.training.trainer import seed_everything
 

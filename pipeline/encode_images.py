@@ -20,11 +20,12 @@ from pipeline.common import write_metrics
 from pipeline.paths import ENCODER, FEATURES, RAW, SHARDS
 from vlm.config import Config
 from vlm.data import readers
+from vlm.data.batches import GREY, decode_image
 from vlm.data.features import folder_fingerprint, image_key, write_disabled, write_store
 from vlm.data.shards import SPLITS
 from vlm.io import atomic_dir
 from vlm.model.vision import PatchEncoder, image_tensor, load_clip
-from vlm.training.data import GREY, dataset, decode_image
+from vlm.training.data import dataset
 
 BATCH = 64  # images per encoder forward; a fixed size, so the features are the same bytes every run
 

@@ -193,9 +193,45 @@ def current_stage(name: str) -> str:
     return stages[-1] if stages else "starting"
 
 
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    """{dotted key: value} of a nested mapping (lists are values)."""
+    if not isinstance(node, dict):
+        return {prefix.rstrip("."): node}
+    return {k: v for key, sub in node.items() for k, v in _leaves(sub, f"{prefix}{key}.").items()}
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout
+
+
+def changed_inputs(params_file: str = PARAMS_FILE) -> list[str]:
+    """What differs from the last commit among the files every experiment starts from: each changed
+    key of params.yaml, and every other changed git-tracked stage dependency (dvc.yaml itself and the
+    code every stage lists). `dvc exp run --queue` copies the workspace into each experiment, so a
+    leftover `-S vision.blank_images=true` would silently make every run of a study the blind control."""
+    problems = []
+    committed = _leaves(yaml.safe_load(_git("show", f"HEAD:{params_file}")) or {})
+    current = _leaves(yaml.safe_load(Path(params_file).read_text(encoding="utf-8")) or {})
+    for key in sorted(committed.keys() | current.keys()):
+        if committed.get(key, "(absent)") != current.get(key, "(absent)"):
+            problems.append(f"{params_file}: `{key}` is {_yaml_value(current.get(key, '(absent)'))}, "
+                            f"committed {_yaml_value(committed.get(key, '(absent)'))}")
+    stages = yaml.safe_load(Path("dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    deps = sorted({"dvc.yaml", *(d for st in stages.values() for d in st.get("deps", []))} - {params_file})
+    for line in _git("status", "--porcelain", "--untracked-files=all", "--", *deps).splitlines():
+        problems.append(f"{line[3:]}: {'not committed' if line.startswith('??') else 'changed since the last commit'}")
+    return problems
+
+
 def baseline_problem() -> str | None:
-    """Experiments start from the last commit and reuse its stages' outputs: it must be reproduced
-    (`dvc status` clean), or every experiment would train its own text run."""
+    """Experiments start from the last commit and reuse its stages' outputs: the workspace's inputs must
+    be that commit's (`changed_inputs`), and it must be reproduced (`dvc status` clean), or every
+    experiment would train its own text run."""
+    if changed := changed_inputs():
+        return ("the workspace differs from the last commit, and every queued run would carry the change:\n  "
+                + "\n  ".join(changed) + "\ncommit it, or restore it (`git checkout -- FILE`), then start the "
+                "study again; run single variants with `dvc exp run --queue -S ...` or `--temp`, which leave "
+                "params.yaml as it is")
     if json.loads(dvc("status", "--json").stdout or "{}"):
         return "the workspace is not reproduced: run `dvc repro` and commit dvc.lock first"
     return None

@@ -17,11 +17,12 @@ from pipeline.common import codec, curve_paths, new_lm, resume_for, write_metric
 from pipeline.paths import PRETRAIN
 from pipeline.streams import shards
 from vlm.config import Config
+from vlm.data.batches import Collator
 from vlm.io import atomic_dir, write_json
 from vlm.model.lm import num_params
 from vlm.training.callbacks import SaveWeightsAt
 from vlm.training.composer_model import ComposerLM
-from vlm.training.data import Collator, dataset, loader
+from vlm.training.data import dataset, loader
 from vlm.training.schedules import warmup_cosine, warmup_cosine_scheduler
 from vlm.training.trainer import curves_of, is_main, join_processes, make_trainer, per_rank
 

@@ -39,14 +39,23 @@ def small_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny copy of the repository after one whole `dvc repro` (about a minute on 2 cores).
+def tiny_baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny repository after one whole `dvc repro` (about a minute on 2 cores), made once per
+    test run, the widest scope pytest has. Never changed: tests take `tiny`, a copy of their own.
 
-    Tests that run experiments change its params and products; its first dvc.lock is kept beside
-    it as `first-dvc.lock` for the reproducibility tests.
+    Its dvc.lock and pretrain metrics are kept beside it (`first-dvc.lock`,
+    `first-metrics-pretrain.json`) for the tests that compare a re-run with the first run.
     """
     repo = make_repo(tmp_path_factory.mktemp("tiny") / "repo")
     run(repo, "dvc", "repro")
     shutil.copy2(repo / "dvc.lock", repo.parent / "first-dvc.lock")
     shutil.copy2(repo / "metrics/pretrain.json", repo.parent / "first-metrics-pretrain.json")
     return repo
+
+
+@pytest.fixture
+def tiny(tiny_baseline: Path, tmp_path: Path) -> Path:
+    """This test's own copy of the tiny baseline: git, DVC cache, products and all (a few MB, copied
+    in well under a second), so a test that runs experiments or changes params changes only its copy."""
+    shutil.copytree(tiny_baseline.parent, tmp_path / "tiny", symlinks=True)
+    return tmp_path / "tiny" / tiny_baseline.name

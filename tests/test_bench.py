@@ -27,6 +27,7 @@ def test_flops_per_token_counts_every_matmul_weight(preset):
     assert train_flops_per_token(cfg, 64) == 6 * linear + attention
 
 
+@pytest.mark.bench
 def test_bench_runs_every_figure_at_a_tiny_size(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=ROOT,
@@ -52,6 +53,7 @@ def test_bench_runs_every_figure_at_a_tiny_size(tmp_path):
     assert img["finetune_steps"] == ft["epochs"] * -(-samples // ft["batch_size"])  # the default's step counts
     assert img["cooldown_steps"] == params["cooldown"]["steps"]
     assert img["streaming_read_features"]["samples"] == 256
+    assert [c["key"] for c in results["params_check"]["cases"]] == ["vision.blank_images", "pretrain.steps"]
     figures = [row["figure"] for row in results["table"]]
     assert any(f.startswith("stack / bare") for f in figures) and any("Streaming read" in f for f in figures)
     for row in results["table"]:  # the printed table: every figure with its target

@@ -10,18 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from vlm.data.batches import CAPTION, INSTRUCT, TEXT, Collator, best_cut, blank_like, decode_image, real_tokens
 from vlm.model.vision import image_tensor, preprocess_config
-from vlm.training.data import (
-    CAPTION,
-    INSTRUCT,
-    TEXT,
-    Collator,
-    best_cut,
-    blank_like,
-    decode_image,
-    loader,
-    real_tokens,
-)
+from vlm.training.data import loader
 
 IDS = {"bos": 10, "eos": 11, "pad": 12, "image": 13, "user": 14, "assistant": 15}
 N_IMG, SIZE = 4, 8

@@ -1,5 +1,5 @@
 """containers/run and the recipe, without a container engine (the real image is built and run by
-containers/test-image, which .ci/run calls): engine choice, arguments, errors, layering."""
+containers/test-image, the container tier of `make test-all`): engine choice, arguments, errors, layering."""
 
 from __future__ import annotations
 

@@ -129,11 +129,19 @@ def test_deps_cover_the_code_and_data_each_stage_uses(stage):
     assert missing_deps(stage, dvc_spec()) == []
 
 
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_every_code_dep_is_code_the_stage_runs(stage):
+    """No stale code deps (a module moved or no longer imported): each re-runs the stage for nothing."""
+    deps = dvc_spec()["stages"][stage]["deps"]
+    assert [d for d in deps if d.endswith(".py") and Path(d) not in stage_files(stage)] == []
+
+
 def test_the_closure_finds_the_shared_plumbing_and_lazy_imports():
     files = stage_files("text-pretrain")
     for f in ("vlm/config.py", "vlm/io.py", "pipeline/paths.py", "pipeline/__main__.py", "vlm/model/lm.py",
-              "vlm/data/world.py"):  # world.py: imported inside vlm.config.cross_checks
+              "vlm/data/batches.py"):
         assert Path(f) in files
+    assert Path("vlm/model/lm.py") in closure("pipeline.check_params")  # imported inside size_line()
     assert Path("vlm/evaluation/scoring.py") not in files
     assert products_named(stage_files("evaluate")) >= {paths.RAW, paths.PRETRAIN, paths.FINETUNE, paths.ENCODER}
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vlm.evaluation.metrics import normalize_answer, stable_score, summarise, vqa_accuracy
+from vlm.data.vqa_answers import normalize_answer, vqa_accuracy
+from vlm.evaluation.metrics import stable_score, summarise
 
 
 def ten(matching: str, n: int, other: str = "blue") -> list[str]:

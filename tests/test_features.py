@@ -17,9 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
+from vlm.data.batches import GREY, Collator, decode_image
 from vlm.data.features import FeatureStore, folder_fingerprint, image_key, write_disabled, write_store
 from vlm.model.vision import PatchEncoder, build_clip, image_tensor, preprocess_config, save_clip, tiny_clip_config
-from vlm.training.data import GREY, Collator, decode_image
 
 IDS = {"bos": 10, "eos": 11, "pad": 12, "image": 13, "user": 14, "assistant": 15}
 SIZE = 16

@@ -20,6 +20,7 @@ from vlm.config import FilesConfig, build
 from vlm.data import readers
 from vlm.data.ingest import resolve, write_files
 from vlm.data.readers import DataError
+from vlm.data.vqa_answers import answer_prior_accuracy
 
 
 def files_config(params: dict) -> FilesConfig:
@@ -205,3 +206,64 @@ def test_a_bad_record_is_skipped_and_counted_and_fails_only_above_the_threshold(
     index = json.loads((tmp_path / "lenient/sources.json").read_text())["sources"][key]
     assert index["skipped"] == n_bad and sum(index["reasons"].values()) == n_bad
     assert any(reason in r for r in index["reasons"]) or any(reason in e for e in index["examples"])
+
+
+# ---- the VQA chance level of a user's set -------------------------------------------------------
+
+# (question, answer_type, multiple_choice_answer, the ten human answers), in file order
+CHANCE_SET = [
+    ("is the square red?", "yes/no", "yes", ["yes"] * 10),
+    ("is there a circle?", "yes/no", "no", ["no"] * 7 + ["yes"] * 3),
+    ("is it big?", "yes/no", "yes", ["yes"] * 6 + ["no"] * 4),
+    ("what colour is the circle?", "other", "red", ["red"] * 9 + ["blue"]),
+    ("what colour is the square?", "other", "blue", ["blue"] * 5 + ["red"] * 2 + ["navy"] * 3),
+]
+# The guesser gives each question its type's most frequent multiple_choice_answer: yes/no: "yes" (2)
+# over "no" (1); other: "red" 1, "blue" 1, a tie, so the alphabetically first, "blue" ("red" is met first).
+# Its VQA accuracy (n of ten humans giving the guess: mean over leaving each out of min(others / 3, 1)):
+#   "yes" vs 10 yes: 1.0;  vs 3 yes: (3 x 2/3 + 7 x 1) / 10 = 0.9;  vs 6 yes: 1.0
+#   "blue" vs 1 blue: (1 x 0 + 9 x 1/3) / 10 = 0.3;  vs 5 blue: 1.0
+#   chance = (1.0 + 0.9 + 1.0 + 0.3 + 1.0) / 5 = 4.2 / 5 = 0.84
+# Guessing "red" for the tie would give (1.0 + 0.9 + 1.0 + 1.0 + 0.6) / 5 = 0.9 ("red" is 2 of 10 on the
+# last question); one guess for all types ("yes") (1.0 + 0.9 + 1.0 + 0 + 0) / 5 = 0.58.
+CHANCE = 0.84
+
+
+def chance_items(rows: list[tuple]) -> list[dict]:
+    return [{"answer_type": t, "multiple_choice_answer": mca, "answers": answers} for _, t, mca, answers in rows]
+
+
+def test_answer_prior_accuracy_by_hand():
+    assert answer_prior_accuracy(chance_items(CHANCE_SET)) == pytest.approx(CHANCE)
+    # the tie goes to "blue" by the alphabet whichever comes first
+    assert answer_prior_accuracy(chance_items(CHANCE_SET[::-1])) == pytest.approx(CHANCE)
+    # a third colour question answered "red" breaks the tie: other -> "red", which scores 1.0 (9 of 10),
+    # 0.6 (2 of 10) and 1.0 (10 of 10): (1.0 + 0.9 + 1.0 + 1.0 + 0.6 + 1.0) / 6 = 5.5 / 6 = 0.91666...
+    extra = ("what colour is the ball?", "other", "red", ["red"] * 10)
+    assert answer_prior_accuracy(chance_items([*CHANCE_SET, extra])) == pytest.approx(0.9166666667)
+
+
+def test_the_vqa_chance_written_for_a_users_set_is_worked_by_hand(tmp_path):
+    coco = tmp_path / "in/coco"
+    coco.mkdir(parents=True)
+    questions, annotations = [], []
+    for i, (question, answer_type, mca, answers) in enumerate(CHANCE_SET):
+        qid, image_id = 9000 + i, 500 + i
+        (coco / COCO.format(image_id=image_id)).write_bytes(png(["red", "green", "blue", "white", "black"][i]))
+        questions.append({"question_id": qid, "image_id": image_id, "question": question})
+        annotations.append({"question_id": qid, "image_id": image_id, "answer_type": answer_type,
+                            "multiple_choice_answer": mca, "question_type": "is the",
+                            "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": j + 1}
+                                        for j, a in enumerate(answers)]})
+    (tmp_path / "in/questions.json").write_text(json.dumps({"questions": questions}))
+    (tmp_path / "in/annotations.json").write_text(json.dumps({"annotations": annotations[::-1]}))  # joined by id
+    vqa = {"questions": str(tmp_path / "in/questions.json"), "annotations": str(tmp_path / "in/annotations.json"),
+           "image_root": str(coco)}
+    ingest(minimal(tmp_path / "in", vqa=[vqa]), tmp_path / "raw")
+
+    tasks = json.loads((tmp_path / "raw/eval/tasks.json").read_text())
+    assert tasks["vqa"]["chance"] == pytest.approx(CHANCE, rel=1e-6)
+    loaded = readers.load_tasks(tmp_path / "raw/eval")["vqa"]  # as the evaluate stage reads it
+    assert loaded["chance"] == pytest.approx(CHANCE, rel=1e-6)
+    assert [(it["question"], it["answer_type"], it["multiple_choice_answer"], it["answers"])
+            for it in loaded["items"]] == CHANCE_SET

@@ -11,7 +11,11 @@ token stream as one array, the conversations as dicts) costs several times that.
 
 from __future__ import annotations
 
+import pytest
+
 from bench.data_memory import report, run_scale
+
+pytestmark = pytest.mark.bench
 
 PER_RECORD_BYTES = 100
 

@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from dvcrepo import BIN, csv_column, make_repo, run, set_params
+from dvcrepo import BIN, csv_column, run, set_params
 
 pytestmark = pytest.mark.slow
 
@@ -50,12 +50,10 @@ PROBE = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """A tiny repository after a 1-process run of the three launched stages (and what they need)."""
-    repo = make_repo(tmp_path_factory.mktemp("mp") / "repo", **{"cooldown.steps": 4})
-    run(repo, "dvc", "repro", "finetune")
-    return repo
+@pytest.fixture
+def repo(tiny) -> Path:
+    """A copy of the tiny baseline: its three launched stages ran in 1 process."""
+    return tiny
 
 
 def test_each_process_reads_a_disjoint_part_of_every_epoch_and_only_the_first_writes(repo, tmp_path):

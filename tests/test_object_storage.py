@@ -52,7 +52,7 @@ def digests(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_shards_upload_to_s3_and_training_streams_them_back(s3, tiny, tmp_path):
+def test_shards_upload_to_s3_and_training_streams_them_back(s3, tiny_baseline, tmp_path):
     env = {k: v for k, v in s3.items() if k != "client"}
     repo = make_repo(tmp_path / "repo", **{"shard.remote": "s3://vlm-shards/tiny"})
     proc = run(repo, "dvc", "repro", "text-pretrain", env=env)
@@ -71,7 +71,7 @@ def test_shards_upload_to_s3_and_training_streams_them_back(s3, tiny, tmp_path):
     assert cached, "no shard was streamed from the remote"
     assert {p.read_bytes() for p in cached} <= {p.read_bytes() for p in (repo / "data/shards/text/train").glob("*.mds")}
     # and trained the same model as from the local shards (the session's tiny run)
-    first = json.loads((tiny.parent / "first-metrics-pretrain.json").read_text())
+    first = json.loads((tiny_baseline.parent / "first-metrics-pretrain.json").read_text())
     assert json.loads((repo / "metrics/pretrain.json").read_text())["val_loss"] == first["val_loss"]
 
 

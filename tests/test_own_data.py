@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import yaml
 from dvcrepo import STAGES, make_repo, ran, run, set_params
 from userdata import jsonl, write_every_format, write_folder_only
+
+pytestmark = pytest.mark.slow
 
 
 def test_every_format_through_dvc_repro(small_world, tmp_path):

@@ -1,8 +1,9 @@
 """End to end: the real DVC pipeline on a tiny params file, in temporary copies of the repository.
 
-The session-scoped `tiny` copy (conftest.py) runs the whole DAG once (about a minute on 2 CPU
-cores); the tests here read its products, ask DVC what a param change would re-run, or run single
-stages against it. The experiments at the end change its params: keep them last.
+The tiny baseline (conftest.py) runs the whole DAG once per test run (about a minute on 2 CPU
+cores): the fast tier's one end-to-end run. Each test gets its own copy (`tiny`) and reads its
+products, asks DVC what a param change would re-run, or runs single stages against it. The tests
+marked `slow` train again (experiments, other branch points, other repositories).
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ from dvcrepo import (
 from safetensors.torch import load_file
 
 from vlm.training.schedules import warmup_cosine
-
-pytestmark = pytest.mark.slow
 
 
 def params_of(repo) -> dict:
@@ -182,6 +181,7 @@ def test_bad_params_fail_before_work_and_keep_the_old_outputs(tiny):
     assert proc.returncode == 2 and "`tokenize.vocab_size`" in proc.stderr and proc.stdout == ""
 
 
+@pytest.mark.slow
 def test_cached_features_train_and_score_as_encoding_every_step(tiny):
     """The frozen encoder's cached features (the default) against encoding every image as it comes:
     the same cooldown and fine-tuning losses within float tolerance, and the same scores."""
@@ -209,7 +209,7 @@ def test_cached_features_train_and_score_as_encoding_every_step(tiny):
     assert ran(proc) == ["evaluate"] and json.loads((tiny / "metrics/eval.json").read_text()) == scores
 
 
-# The runs below leave their params in the workspace (as `dvc exp run` does): keep them last.
+@pytest.mark.slow
 def test_exp_run_of_an_image_ratio_reruns_only_cooldown_finetune_evaluate(tiny):
     proc = run(tiny, "dvc", "exp", "run", "-S", "cooldown.image_ratio=0.3")
     assert ran(proc) == ["mixed-cooldown", "finetune", "evaluate"]
@@ -217,6 +217,7 @@ def test_exp_run_of_an_image_ratio_reruns_only_cooldown_finetune_evaluate(tiny):
     assert abs(realised - 0.3) <= 0.02
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fraction", [1.0, 0.0])
 def test_a_rewarm_branch_runs_end_to_end_with_its_warmup_and_peak(tiny, fraction):
     """At 100% the branch LR has decayed below `cooldown.min_continue_lr`, at 0% it is 0: the cooldown
@@ -242,6 +243,7 @@ def test_a_rewarm_branch_runs_end_to_end_with_its_warmup_and_peak(tiny, fraction
     assert math.isfinite(metrics["stable_mean"])
 
 
+@pytest.mark.slow
 def test_a_local_pretrained_open_clip_folder_is_loaded_instead_of_training(tmp_path):
     from vlm.model.vision import build_clip, preprocess_config, save_clip, tiny_clip_config
 
@@ -261,6 +263,7 @@ def test_a_local_pretrained_open_clip_folder_is_loaded_instead_of_training(tmp_p
     assert (repo / "data/encoder/open_clip_model.safetensors").exists()  # the old output is untouched
 
 
+@pytest.mark.slow
 def test_microbatches_train_the_same_steps(tmp_path):
     """`train.microbatch_size` splits each process's batch for memory, not for the result."""
     repo = make_repo(tmp_path / "repo")

@@ -10,6 +10,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -19,17 +23,32 @@ from dvcrepo import make_repo, ran, run
 from torch.utils.data import DataLoader
 
 from vlm.config import load
+from vlm.data.batches import Collator
 from vlm.model.lm import LM, LMConfig
 from vlm.training import resume as R
 from vlm.training.composer_model import ComposerLM
-from vlm.training.data import Collator
 from vlm.training.schedules import warmup_cosine_scheduler
+from vlm.training.shared_memory import NAME, SHM, stale_segments
 from vlm.training.trainer import make_trainer
 
 
 def cached_dirs(repo: Path) -> set[str]:
     """The md5 of every directory manifest in the DVC cache."""
     return {p.parent.name + p.name.removesuffix(".dir") for p in (repo / ".dvc/cache").rglob("*.dir")}
+
+
+def streaming_segments() -> set[str]:
+    return {n for n in os.listdir(SHM) if NAME.fullmatch(n)}
+
+
+# A Streaming reader SIGKILLed together with its Python resource tracker, as a scheduler kills a job.
+# (A process killed alone, as VLM_CRASH_AT does, has its shared memory unlinked by its tracker.)
+KILLED_READER = textwrap.dedent("""
+    import os, signal, sys
+    from streaming import StreamingDataset
+    next(iter(StreamingDataset(local=sys.argv[1], split="train", batch_size=2)))
+    os.killpg(0, signal.SIGKILL)
+""")
 
 
 def locked_dirs(repo: Path) -> set[str]:
@@ -39,7 +58,7 @@ def locked_dirs(repo: Path) -> set[str]:
 
 
 @pytest.mark.slow
-def test_killed_stages_resume_to_the_same_lock_file(tmp_path, tiny):
+def test_killed_stages_resume_to_the_same_lock_file(tmp_path, tiny_baseline):
     """One repository, five `dvc repro`s, four SIGKILLs: mid-write in stream-shard, at step 7 of
     text-pretrain (resume checkpoints every 3 steps, branch points every 2), at step 4 of
     mixed-cooldown and at step 5 of finetune's single epoch. The end state is bit-identical to the
@@ -55,6 +74,7 @@ def test_killed_stages_resume_to_the_same_lock_file(tmp_path, tiny):
     assert cached_dirs(repo) == locked_dirs(repo)  # only the completed prepare and tokenize outputs
 
     # 2. text-pretrain killed after step 7: the last resume checkpoint is step 6
+    segments = streaming_segments()
     proc = run(repo, "dvc", "repro", check=False, env={"VLM_CRASH_AT": "text-pretrain:step7"})
     assert proc.returncode != 0 and ran(proc)[-1] == "text-pretrain"
     assert not (repo / "data/.shards.tmp").exists()  # the next run cleared the stale temporary folder
@@ -63,9 +83,18 @@ def test_killed_stages_resume_to_the_same_lock_file(tmp_path, tiny):
     assert sorted(p.name for p in (folder / "branch_points").iterdir()) == ["ba2", "ba4", "ba6"]
     assert not (repo / "data/pretrain").exists()
 
-    # 3. text-pretrain resumes; mixed-cooldown is killed after step 4 (checkpoint at 3)
+    # a reader of the same shards killed with its resource tracker leaves its Streaming shared memory
+    reader = subprocess.run([sys.executable, "-c", KILLED_READER, str(repo / "data/shards/text")],
+                            start_new_session=True, capture_output=True, text=True)
+    assert reader.returncode == -signal.SIGKILL, reader.stderr
+    stale = streaming_segments() - segments
+    assert stale and stale <= set(stale_segments()), stale
+
+    # 3. text-pretrain resumes, removing only that stale shared memory; mixed-cooldown is killed after
+    # step 4 (checkpoint at 3)
     proc = run(repo, "dvc", "repro", check=False, env={"VLM_CRASH_AT": "mixed-cooldown:step4"})
     assert "text-pretrain: resumed from the checkpoint at step 6" in proc.stdout
+    assert not stale & streaming_segments(), "the resumed run left stale shared memory behind"
     assert proc.returncode != 0 and ran(proc)[-1] == "mixed-cooldown"
     assert not (repo / "checkpoints/text-pretrain").exists()  # removed once its outputs were written
 
@@ -79,9 +108,9 @@ def test_killed_stages_resume_to_the_same_lock_file(tmp_path, tiny):
     assert "finetune: resumed from the checkpoint at step 3" in proc.stdout
     assert ran(proc) == ["finetune", "evaluate"]
 
-    assert (repo / "dvc.lock").read_text() == (tiny.parent / "first-dvc.lock").read_text()
+    assert (repo / "dvc.lock").read_text() == (tiny_baseline.parent / "first-dvc.lock").read_text()
     first = json.loads((repo / "metrics/pretrain.json").read_text())["val_loss"]
-    assert first == json.loads((tiny.parent / "first-metrics-pretrain.json").read_text())["val_loss"]
+    assert first == json.loads((tiny_baseline.parent / "first-metrics-pretrain.json").read_text())["val_loss"]
     assert cached_dirs(repo) == locked_dirs(repo)
     assert "up to date" in run(repo, "dvc", "status").stdout
 

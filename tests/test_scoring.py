@@ -14,13 +14,21 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from vlm.data.batches import GREY, Collator
 from vlm.data.tokenizer import IMAGE_MARK, Codec, train_tokenizer
 from vlm.evaluation import scoring
-from vlm.evaluation.scoring import MC_PROMPT, generate, left_pad, option_logprobs, score_mc, score_pope
+from vlm.evaluation.scoring import (
+    MC_PROMPT,
+    generate,
+    left_pad,
+    option_logprobs,
+    score_mc,
+    score_pope,
+    score_vqa,
+)
 from vlm.model.lm import LM, lm_config
 from vlm.model.vision import build_clip, image_tensor, preprocess_config, tiny_clip_config
 from vlm.model.vlm import VLM, build_vlm
-from vlm.training.data import GREY, Collator
 
 VOCAB, IMAGE_SIZE, PATCH = 300, 16, 8  # 2x2 patches: 4 image tokens per image
 QUESTIONS = [  # clearly different token lengths
@@ -231,6 +239,100 @@ def test_pope_reads_the_first_word_of_the_answer(monkeypatch, preds, labels, acc
     assert result["accuracy"] == pytest.approx(accuracy)
     assert result["yes_rate"] == pytest.approx(yes_rate)
     assert calls == [(questions[:2], ["IMG0", "IMG1"], 4), (questions[2:], ["IMG2"], 4)]
+
+
+# ---------------------------------------------------------------- VQA answers
+
+
+def ten(matching: str, n: int, other: str = "blue") -> list[str]:
+    return [matching] * n + [other] * (10 - n)
+
+
+def vqa_item(i: int, answers: list[str], mca: str, image: str | None = None) -> dict:
+    """A question as readers.read_vqa gives it."""
+    return {"question_id": i, "image_id": i, "question": f"vqa question number {i}?", "image": image or f"img{i}",
+            "answers": answers, "answer_type": "other", "multiple_choice_answer": mca}
+
+
+def script_answers(monkeypatch, answer_of: dict[str, str]) -> list[tuple]:
+    """Replace the greedy decoder by one answering each question with `answer_of[question]`; the
+    calls it gets are recorded in the returned list."""
+    calls = []
+
+    def fake_generate(model, collate, codec, qs, images, max_new_tokens):
+        calls.append((model, collate, codec, list(qs), list(images), max_new_tokens))
+        return [answer_of[q] for q in qs]
+
+    monkeypatch.setattr(scoring, "generate", fake_generate)
+    return calls
+
+
+# (model answer, the ten human answers, its VQA accuracy), worked by hand. With n of ten humans giving
+# the answer, leaving out each human in turn leaves n - 1 matches (n times) or n (10 - n times), each
+# worth min(matches / 3, 1); the accuracy is the mean of those ten.
+@pytest.mark.parametrize(("prediction", "answers", "expected"), [
+    ("red", ten("red", 10), 1.0),  # 10 x min(9/3, 1) / 10
+    ("red", ten("red", 2), 0.6),  # (2 x 1/3 + 8 x 2/3) / 10 = (2/3 + 16/3) / 10 = 6/10
+    ("red", ten("red", 1), 0.3),  # (1 x 0/3 + 9 x 1/3) / 10 = 3/10
+    ("red", ten("red", 3), 0.9),  # (3 x 2/3 + 7 x 3/3) / 10 = (2 + 7) / 10
+    ("red", ten("red", 4), 1.0),  # (4 x 3/3 + 6 x 1) / 10: every subset keeps 3 or more
+    ("green", ten("red", 10), 0.0),  # nobody said it
+    ("two", ten("2", 10), 1.0),  # number word: "two" -> "2", which all ten gave
+    ("Two", ten("2", 2, "3"), 0.6),  # "Two" -> "2", given by 2 of 10
+    ("  Ten\n", ten("10", 3, "9"), 0.9),  # whitespace stripped, "ten" -> "10": 3 of 10
+    ("The dog.", ten("dog", 10), 1.0),  # full stop dropped, lower-cased, article dropped: "dog"
+    ("a dog", ten("dog", 3, "cat"), 0.9),  # "dog": 3 of 10
+    ("yes!", ten("yes", 1, "no"), 0.3),  # "!" becomes a space, split away: "yes", 1 of 10
+    ("red, blue", ten("red blue", 2), 0.6),  # ", " in the text: the comma is removed: "red blue", 2 of 10
+])
+def test_score_vqa_scores_one_answer_by_the_vqa_rule(monkeypatch, prediction, answers, expected):
+    item = vqa_item(0, answers, mca=answers[-1])
+    calls = script_answers(monkeypatch, {item["question"]: prediction})
+    result = score_vqa("model", "collate", "codec", [item], str.upper, batch_size=4, max_new_tokens=3)
+    assert result["accuracy"] == pytest.approx(expected)
+    assert result["examples"] == [(item["question"], prediction, answers[-1])]  # the raw answer, as given
+    assert calls == [("model", "collate", "codec", [item["question"]], ["IMG0"], 3)]
+
+
+def test_score_vqa_is_the_mean_over_questions_in_batches(monkeypatch):
+    rows = [  # (model answer, humans, multiple_choice_answer): accuracy by hand as above
+        ("red", ten("red", 10), "red"),  # 1.0
+        ("Two", ten("2", 2, "3"), "3"),  # "2", 2 of 10: 0.6
+        ("yes!", ten("yes", 1, "no"), "no"),  # "yes", 1 of 10: 0.3
+        ("The dog.", ten("dog", 3, "cat"), "cat"),  # "dog", 3 of 10: 0.9
+        ("green", ten("red", 10), "red"),  # 0.0
+        ("Ten", ten("10", 4, "9"), "9"),  # "10", 4 of 10: 1.0
+        ("blue", ten("blue", 1, "red"), "red"),  # 1 of 10: 0.3
+    ]
+    items = [vqa_item(i, answers, mca) for i, (_, answers, mca) in enumerate(rows)]
+    calls = script_answers(monkeypatch, {it["question"]: pred for it, (pred, _, _) in zip(items, rows, strict=True)})
+    result = score_vqa("model", "collate", "codec", items, str.upper, batch_size=3, max_new_tokens=5)
+    # (1.0 + 0.6 + 0.3 + 0.9 + 0.0 + 1.0 + 0.3) / 7 = 4.1 / 7 = 0.5857142857...; a mean of the three
+    # batches' means would be (1.9/3 + 1.9/3 + 0.3) / 3 = 0.5222...
+    assert result["accuracy"] == pytest.approx(0.5857142857)
+    # the first three questions, each with the model's raw answer and the multiple-choice answer
+    assert result["examples"] == [("vqa question number 0?", "red", "red"), ("vqa question number 1?", "Two", "3"),
+                                  ("vqa question number 2?", "yes!", "no")]
+    questions = [it["question"] for it in items]
+    assert calls == [("model", "collate", "codec", questions[0:3], ["IMG0", "IMG1", "IMG2"], 5),
+                     ("model", "collate", "codec", questions[3:6], ["IMG3", "IMG4", "IMG5"], 5),
+                     ("model", "collate", "codec", questions[6:], ["IMG6"], 5)]
+
+
+def test_score_vqa_through_greedy_decoding(codec):
+    """The real decoder, with a scripted model answering "two" and "red circle"."""
+    eos = codec.ids["eos"]
+    two, red_circle = codec.encode("two"), codec.encode("red circle")
+    assert (codec.decode(two), codec.decode(red_circle)) == ("two", "red circle")
+    assert len(red_circle) == 7  # decoding stops at the eos after its 7 tokens, before max_new_tokens
+    model = Scripted(codec.vocab_size, eos, [two + [eos], red_circle + [eos]])
+    images = {"a": solid((255, 0, 0)), "b": solid((0, 0, 255))}
+    items = [vqa_item(0, ten("2", 2, "3"), "3", image="a"), vqa_item(1, ten("red circle", 10), "red circle", image="b")]
+    result = score_vqa(model, collator(codec, 4), codec, items, images.__getitem__, batch_size=2, max_new_tokens=10)
+    # "two" -> "2", given by 2 of 10: 0.6; "red circle" by all ten: 1.0; (0.6 + 1.0) / 2 = 0.8
+    assert result["accuracy"] == pytest.approx(0.8)
+    assert result["examples"] == [("vqa question number 0?", "two", "3"),
+                                  ("vqa question number 1?", "red circle", "red circle")]
 
 
 # ---------------------------------------------------------------- the blank-image control

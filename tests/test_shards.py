@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 from PIL import Image
 from streaming import Stream, StreamingDataset
-from streaming.base.util import clean_stale_shared_memory
 from torch.utils.data import DataLoader
 
+from vlm.data.batches import CAPTION, TEXT, Collator
 from vlm.data.mixing import batch_counts
 from vlm.data.shards import SOURCES, SPLITS, pack_text, split_indices, write_shards
 from vlm.data.tokenizer import IMAGE_MARK, Codec, train_tokenizer
 from vlm.data.tokens import Ragged, encode_sources
 from vlm.model.vision import image_tensor, preprocess_config
-from vlm.training.data import CAPTION, TEXT, Collator, mixed_dataset
+from vlm.training.data import mixed_dataset
+from vlm.training.shared_memory import remove_stale_segments
 
 SEQ_LEN, VAL_FRACTION, SEED = 16, 0.2, 3
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255),
@@ -76,7 +77,7 @@ def private_copy(out: Path, tmp_path: Path, *names: str) -> Path:
 
 
 def read_all(folder: Path, split: str) -> list[dict]:
-    clean_stale_shared_memory()
+    remove_stale_segments()
     return list(StreamingDataset(local=str(folder), split=split, shuffle=False, batch_size=4))
 
 
@@ -170,7 +171,7 @@ def kinds_per_batch(samples: list[dict], batch: int) -> list[tuple[int, int]]:
 def test_stock_stratified_streams_give_exact_composition(world, tmp_path):
     out = world[3]
     copy = private_copy(out, tmp_path, "text", "captions")
-    clean_stale_shared_memory()
+    remove_stale_segments()
     ds = StreamingDataset(
         streams=[Stream(local=str(copy / "text"), split="train", proportion=6 / 8),
                  Stream(local=str(copy / "captions"), split="train", proportion=2 / 8)],

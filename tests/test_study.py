@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dvcrepo import ROOT, make_repo, run
+from dvcrepo import BIN, ROOT, make_repo, run, set_params
 
 from pipeline import study as S
 
@@ -69,6 +69,30 @@ def test_a_difference_counts_only_beyond_two_standard_errors(better, worse, expe
     assert S.verdict(finding, summary)[0] == expected
 
 
+def test_a_workspace_that_differs_from_the_commit_is_refused_naming_the_keys_and_files(tmp_path):
+    """A leftover `dvc exp run -S vision.blank_images=true` in params.yaml would make every queued run
+    the blind control; a changed stage dependency would train other code. The study names each and
+    queues nothing (no DVC process starts: the repository has no .dvc/tmp afterwards)."""
+    repo = make_repo(tmp_path / "repo")
+    set_params(repo, **{"vision.blank_images": True, "cooldown.steps": 7})
+    with (repo / "vlm/io.py").open("a") as f:
+        f.write("# an uncommitted edit\n")
+    (repo / "dvc.yaml").write_text((repo / "dvc.yaml").read_text() + "\n# an uncommitted edit\n")
+    proc = run(repo, str(BIN / "python"), "-m", "pipeline.study", "ratio", check=False)
+    assert proc.returncode == 1
+    assert "params.yaml: `vision.blank_images` is true, committed false" in proc.stderr
+    assert "params.yaml: `cooldown.steps` is 7, committed 6" in proc.stderr
+    assert "vlm/io.py: changed since the last commit" in proc.stderr
+    assert "dvc.yaml: changed since the last commit" in proc.stderr
+    assert "`dvc exp run --queue -S ...` or `--temp`" in proc.stderr
+    assert not (repo / ".dvc/tmp/exps").exists()
+
+    subprocess.run(["git", "checkout", "--", "."], cwd=repo, check=True)
+    assert run(repo, "git", "status", "--porcelain").stdout == ""
+    proc = run(repo, str(BIN / "python"), "-c", "from pipeline.study import changed_inputs; print(changed_inputs())")
+    assert proc.stdout.strip() == "[]"
+
+
 def exps_far(repo: Path) -> dict[str, float]:
     shown = json.loads(run(repo, "dvc", "exp", "show", "--json").stdout)
     return {e["name"]: e["revs"][0]["data"]["metrics"]["metrics/eval.json"]["data"]["vision_stable"]
@@ -80,10 +104,12 @@ def table(report: str) -> dict[str, list[str]]:
     return {cells[0].strip().split(" ")[0]: [c.strip() for c in cells[1:]] for cells in rows}
 
 
-def test_a_two_variant_two_seed_study_end_to_end(tmp_path):
-    repo = make_repo(tmp_path / "repo", **{"study.repeats": 2})
+@pytest.mark.slow
+def test_a_two_variant_two_seed_study_end_to_end(tmp_path, tiny):
+    repo = tiny  # reproduced; study.repeats is read by the study runner alone
+    set_params(repo, **{"study.repeats": 2})
     (repo / "studies.yaml").write_text(yaml.safe_dump(TINY_STUDY))
-    run(repo, "dvc", "repro")
+    assert "up to date" in run(repo, "dvc", "status").stdout
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "baseline")
 

@@ -17,6 +17,7 @@ from conftest import SEED, small_world_params
 from PIL import Image
 
 from pipeline.__main__ import main as run_stage
+from vlm import config
 from vlm.config import ParamError, parse
 from vlm.data import readers
 from vlm.data import world as W
@@ -240,6 +241,19 @@ def test_every_fact_is_stated_in_the_corpus_and_eval_facts_nowhere_else(small_wo
             assert qa in corpus
         assert (c.name in instruct) == (c.group == "instruct")
 
+
+
+def test_the_params_check_knows_the_sizes_of_the_fact_tables():
+    """vlm/config.py checks `prepare.n_text_docs` with the sizes of these tables (the schema imports
+    nothing of the library); with exactly that many documents every fact is stated in every template."""
+    assert len(W.ATTRIBUTES) == config.WORLD_ATTRIBUTES and len(W.QUESTIONS) == config.WORLD_ATTRIBUTES
+    assert {len(t) for t in W.FACT_TEMPLATES.values()} == {W.N_TEMPLATES} == {config.WORLD_TEMPLATES}
+    n = config.min_text_docs(3)
+    corpus = " ".join(W.make_corpus(W.child_rng(7, "corpus"), W.make_creatures(W.child_rng(7, "creatures"), 3, 1), n))
+    for c in W.make_creatures(W.child_rng(7, "creatures"), 3, 1):
+        for attr in W.ATTRIBUTES:
+            for template in range(W.N_TEMPLATES):
+                assert W.fact_sentence(c, attr, template) in corpus
 
 # ---- params and the prepare stage ----------------------------------------------------------------
 

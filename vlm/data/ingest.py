@@ -44,7 +44,7 @@ from vlm.data.readers import (
     pope_item,
     webdataset_records,
 )
-from vlm.evaluation.metrics import answer_prior_accuracy
+from vlm.data.vqa_answers import answer_prior_accuracy
 
 VQA_ANSWERS = 10  # VQAv2's accuracy is a mean over leaving each of ten human answers out
 EXTENSIONS = {".jsonl": "jsonl", ".zst": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".csv": "csv",

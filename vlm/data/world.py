@@ -109,12 +109,6 @@ class Creature:
     facts: dict[str, str]
 
 
-def min_text_docs(n_creatures: int) -> int:
-    """Documents needed to state every fact of every creature in every template (the QA form included):
-    each document carries >= 2 fact sentences and facts are dealt round-robin."""
-    return -(-len(ATTRIBUTES) * n_creatures * N_TEMPLATES // 2)
-
-
 def child_rng(seed: int, product: str) -> np.random.Generator:
     """An independent generator per product, stable whatever the other products draw."""
     return np.random.default_rng([seed, zlib.crc32(product.encode())])

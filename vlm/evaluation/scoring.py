@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from vlm.data.batches import Collator
 from vlm.data.tokenizer import IMAGE_MARK, Codec
-from vlm.evaluation.metrics import normalize_answer, vqa_accuracy
-from vlm.training.data import Collator
+from vlm.data.vqa_answers import normalize_answer, vqa_accuracy
 
 MC_PROMPT = "question: {stem} answer:"
 

@@ -18,10 +18,10 @@ from composer.core import Callback, State
 from composer.loggers import Logger, LoggerDestination
 from composer.utils import dist
 
+from vlm.data.batches import KIND_NAMES, real_tokens
 from vlm.faults import crash_point
 from vlm.model import store
 from vlm.model.lm import num_params
-from vlm.training.data import KIND_NAMES, real_tokens
 
 # CSV column -> the name Composer (or TokenShare) logs it under; "loss" is read from the state
 CURVE_COLUMNS = {

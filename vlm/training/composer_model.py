@@ -12,7 +12,7 @@ from vlm.model.vision import clip_siglip_loss
 
 
 class ComposerLM(ComposerModel):
-    """Wraps an `LM` or `VLM`; batches come from `vlm.training.data.Collator`.
+    """Wraps an `LM` or `VLM`; batches come from `vlm.data.batches.Collator`.
 
     Loss and the validation metric both count only the tokens the batch's `loss_mask` marks.
     """

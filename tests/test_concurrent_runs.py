@@ -1,0 +1,113 @@
+"""Two pipelines on one machine at once: `dvc repro` in two repositories started together, one of them
+with two training processes (Composer's launcher, gloo). Every Streaming user first removes the shared
+memory that no live process holds (vlm/training/shared_memory.py), so neither run breaks the other's
+datasets, nor a dataset that the test itself holds beside them, and each ends with the results it has
+when run alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from contextlib import suppress
+from pathlib import Path
+
+import pytest
+from dvcrepo import BIN, GIT_IDENTITY, make_repo, run
+from streaming import MDSWriter, StreamingDataset
+
+from vlm.training.shared_memory import NAME, SHM, stale_segments
+
+pytestmark = pytest.mark.slow
+
+# The stages that read shards through Streaming, and those after them: rerun alone for the reference
+AFTER_SHARDS = ["train-encoder", "encode-images", "text-pretrain", "branch-at-fraction", "mixed-cooldown",
+                "finetune", "evaluate"]
+
+
+def start(repo: Path, tmp: Path) -> subprocess.Popen:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(repo), **GIT_IDENTITY,
+           "TMPDIR": str(tmp)}
+    return subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def streaming_names() -> set[str]:
+    return {n for n in os.listdir(SHM) if NAME.fullmatch(n)}
+
+
+def live_prefixes(folders: dict[str, Path]) -> dict[str, set[str]]:
+    """{name: shared memory prefixes of the live StreamingDatasets reading under that folder}."""
+    live: dict[str, set[str]] = {name: set() for name in folders}
+    for path in SHM.glob("*_locals"):  # a dataset's `_locals` segment names its local folders
+        with suppress(OSError):
+            data = path.read_bytes()
+            for name, folder in folders.items():
+                if f"{folder}/".encode() in data:
+                    live[name].add(path.name.removesuffix("_locals"))
+    return live
+
+
+def segments(prefixes: set[str]) -> dict[str, int]:
+    """{name: inode} of the Streaming segments with these prefixes."""
+    return {n: (SHM / n).stat().st_ino for n in streaming_names() if n.split("_")[0] in prefixes}
+
+
+def results(repo: Path) -> dict:
+    return {
+        "tasks": json.loads((repo / "metrics/eval.json").read_text())["tasks"],
+        "val_loss": json.loads((repo / "metrics/pretrain.json").read_text())["val_loss"],
+        "curves": {p.name: p.read_text() for p in sorted((repo / "logs").glob("*.csv"))},
+        "dvc.lock": (repo / "dvc.lock").read_text(),  # every output's hash: weights, metrics, curves
+    }
+
+
+def test_two_pipelines_at_once_finish_with_the_results_each_has_alone(tmp_path, monkeypatch):
+    repos = {"one": make_repo(tmp_path / "one", **{"cooldown.steps": 4}),
+             "two": make_repo(tmp_path / "two", **{"cooldown.steps": 4, "train.nproc": 2})}
+    # A temporary folder of their own, as on a fresh machine: Streaming's filelocks there (never removed)
+    # make new datasets skip their prefixes, and a clean-up from prefix 0 up that stops at the first
+    # prefix without segments (Streaming's own) would never reach datasets above old filelocks' prefixes.
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    # a dataset of this process, live throughout (as a test beside a running study): never removed
+    with MDSWriter(out=str(tmp_path / "bystander/train"), columns={"x": "int"}) as writer:
+        for i in range(8):
+            writer.write({"x": i})
+    before = streaming_names()
+    bystander = StreamingDataset(local=str(tmp_path / "bystander"), split="train", batch_size=2)
+    prefixes = live_prefixes({"bystander": tmp_path / "bystander"})["bystander"]
+    held = segments(prefixes)
+    assert held and set(held) <= streaming_names() - before
+
+    procs = {name: start(repo, tmp) for name, repo in repos.items()}
+    together, deadline = False, time.monotonic() + 1800
+    while any(p.poll() is None for p in procs.values()) and time.monotonic() < deadline:
+        together = together or all(live_prefixes(repos).values())
+        time.sleep(0.2)
+    out = {}
+    for name, proc in procs.items():
+        if proc.poll() is None:
+            proc.kill()
+        out[name] = proc.communicate()[0]
+        assert proc.returncode == 0, f"{name}: dvc repro failed ({proc.returncode}):\n{out[name][-6000:]}"
+    assert "composer -n 2 -m pipeline text-pretrain" in out["two"]
+    assert "composer -n 1 -m pipeline text-pretrain" in out["one"]
+    assert together, "the two runs never had Streaming datasets live at the same time"
+    left = (streaming_names() - before) & set(stale_segments())
+    assert not left, f"Streaming shared memory left behind by the runs: {sorted(left)}"
+    assert segments(prefixes) == held, "the runs removed the shared memory of a live dataset"
+    assert len(list(bystander)) == 8
+    del bystander
+
+    at_once = {name: results(repo) for name, repo in repos.items()}
+    for name, repo in repos.items():  # the same stages again, each run alone
+        run(repo, "dvc", "repro", "--force", "--single-item", *AFTER_SHARDS, env={"TMPDIR": str(tmp)})
+        alone = results(repo)
+        for key in alone:
+            assert at_once[name][key] == alone[key], f"{name}: {key} differs from the run alone"
+    assert not (streaming_names() - before) & set(stale_segments())
