@@ -36,7 +36,7 @@ test: install
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 test-all: install
-	$(PYTEST) $(PYTEST_ARGS); rc=$$?; \
+	$(PYTEST) --durations=10 $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # Check params.yaml (or PARAMS=file) in a second, without running anything.

@@ -210,7 +210,10 @@ def changed_inputs(params_file: str = PARAMS_FILE) -> list[str]:
     code every stage lists). `dvc exp run --queue` copies the workspace into each experiment, so a
     leftover `-S vision.blank_images=true` would silently make every run of a study the blind control."""
     problems = []
-    committed = _leaves(yaml.safe_load(_git("show", f"HEAD:{params_file}")) or {})
+    try:
+        committed = _leaves(yaml.safe_load(_git("show", f"HEAD:{params_file}")) or {})
+    except subprocess.CalledProcessError as e:
+        return [f"no committed {params_file} to start from (`git show HEAD:{params_file}`: {e.stderr.strip()})"]
     current = _leaves(yaml.safe_load(Path(params_file).read_text(encoding="utf-8")) or {})
     for key in sorted(committed.keys() | current.keys()):
         if committed.get(key, "(absent)") != current.get(key, "(absent)"):
