@@ -36,7 +36,7 @@ def module_file(name: str) -> Path | None:
     return None
 
 
-def _imports(tree: ast.AST, current: str) -> set[str]:
+def imports_in(tree: ast.AST, current: str) -> set[str]:
     """Module names imported anywhere in `tree` (`from a import b` yields a.b too, if b is a module)."""
     out = set()
     for node in ast.walk(tree):
@@ -67,7 +67,7 @@ def closure(module: str) -> frozenset[Path]:
                 continue
             seen.add(path)
             full = ".".join(parts[:i]) if path.name != "__init__.py" else ".".join(parts[:i]) + ".__init__"
-            todo += _imports(ast.parse((ROOT / path).read_text()), full.removesuffix(".__init__"))
+            todo += imports_in(ast.parse((ROOT / path).read_text()), full.removesuffix(".__init__"))
     return frozenset(seen)
 
 

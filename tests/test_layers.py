@@ -11,7 +11,7 @@ import ast
 from pathlib import Path
 
 import pytest
-from test_dvc_deps import ROOT, _imports
+from test_dvc_deps import ROOT, imports_in
 
 # Lowest first: the schema and plain helpers, then the library (data, then the model code, then the
 # Composer and evaluation code that use both), then the stage scripts and the benchmarks above them.
@@ -49,7 +49,7 @@ def layer_of(module: str) -> int:
 def project_imports(module: str) -> set[str]:
     """The project modules `module` imports (a name that is no module, e.g. a class, drops out)."""
     tree = ast.parse(MODULES[module].read_text())
-    return {name for name in _imports(tree, module) if name in MODULES and name != module}
+    return {name for name in imports_in(tree, module) if name in MODULES and name != module}
 
 
 def upward(graph: dict[str, set[str]]) -> list[str]:
