@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.study import set_dotted
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # (case, dotted key, value): each breaks the committed file in one place.
@@ -28,16 +30,6 @@ CASES = [
     ("ratios above 1", "cooldown.instruct_ratio", 0.9),
     ("missing file", "tokenize.tokenizer", "inputs/tokenizer/none.json"),
 ]
-
-
-def _with(raw: dict, dotted: str, value) -> dict:
-    out = copy.deepcopy(raw)
-    node = out
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-        node = node[p]
-    node[leaf] = value
-    return out
 
 
 def _call(path: Path) -> tuple[subprocess.CompletedProcess, float]:
@@ -56,7 +48,9 @@ def measure(work: Path, quick: bool = False) -> dict:
     cases = []
     for name, key, value in CASES[:2] if quick else CASES:
         path = work / f"{name.replace(' ', '-')}.yaml"
-        path.write_text(yaml.safe_dump(_with(raw, key, value), sort_keys=False))
+        edited = copy.deepcopy(raw)
+        set_dotted(edited, key, value)
+        path.write_text(yaml.safe_dump(edited, sort_keys=False))
         proc, seconds = _call(path)
         if proc.returncode != 1 or f"`{key}`" not in proc.stderr:
             raise RuntimeError(f"{name}: expected a refusal naming `{key}`, got ({proc.returncode}):\n{proc.stderr}")

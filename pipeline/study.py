@@ -123,7 +123,8 @@ def load_studies(path: Path = STUDIES_FILE) -> dict[str, Study]:
     return studies
 
 
-def _set(raw: dict, dotted: str, value: Any) -> None:
+def set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    """`raw[a][b] = value` for the dotted key `a.b` of a params mapping."""
     node = raw
     *parents, last = dotted.split(".")
     for p in parents:
@@ -145,7 +146,7 @@ def runs_of(study: Study, params_file: Path = Path(PARAMS_FILE)) -> list[Run]:
         sets = {**study.fixed, study.param: value}
         raw = json.loads(json.dumps(base))
         for k, v in sets.items():
-            _set(raw, k, v)
+            set_dotted(raw, k, v)
         try:
             parse(raw, f"study `{study.name}`, {study.param}={_yaml_value(value)}")
         except ParamError as e:

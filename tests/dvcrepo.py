@@ -38,9 +38,13 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
+def env_for(cwd: Path, **extra: str) -> dict[str, str]:
+    """The environment of a command run in the repository `cwd`: this venv first, its code importable."""
+    return {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(cwd), **GIT_IDENTITY, **extra}
+
+
 def run(cwd: Path, *cmd: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(cwd), **GIT_IDENTITY, **(env or {})}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=env_for(cwd, **(env or {})), capture_output=True, text=True)
     if check and proc.returncode != 0:
         out = f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out}")

@@ -16,7 +16,7 @@ from contextlib import suppress
 from pathlib import Path
 
 import pytest
-from dvcrepo import BIN, GIT_IDENTITY, make_repo, run
+from dvcrepo import env_for, make_repo, run
 from streaming import MDSWriter, StreamingDataset
 
 from vlm.training.shared_memory import NAME, SHM, stale_segments
@@ -29,9 +29,7 @@ AFTER_SHARDS = ["train-encoder", "encode-images", "text-pretrain", "branch-at-fr
 
 
 def start(repo: Path, tmp: Path) -> subprocess.Popen:
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(repo), **GIT_IDENTITY,
-           "TMPDIR": str(tmp)}
-    return subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, text=True,
+    return subprocess.Popen(["dvc", "repro"], cwd=repo, env=env_for(repo, TMPDIR=str(tmp)), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
