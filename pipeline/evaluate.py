@@ -1,32 +1,64 @@
 """DVC stage `evaluate`: score the model after each phase on vision and text tasks.
 
 Phases: `text_pretrain` (the text run's last checkpoint; text tasks only, it has no eyes),
-`cooldown` and `finetune` (the headline). Per task: accuracy, chance and stable score; per phase:
-`vision_stable`, `text_stable` and their mean. Writes metrics/eval.json (its top-level scores are
-the fine-tuned model's) and logs/scores.json, the same stable scores as one row per phase and task or
-group: a DVC bar plot, so `dvc plots diff EXP_A EXP_B` sets experiments' scores side by side.
+`cooldown` and `finetune` (the headline). Per task: accuracy with its standard error, chance and
+stable score; POPE adds precision, recall, F1 and its yes ratio, VQA its accuracy per answer type.
+Per phase: `vision_stable`, `text_stable` and their mean.
+
+Writes metrics/eval.json (its top-level scores are the fine-tuned model's, headline scores first, so
+`dvc exp show` prints them first); logs/scores.json, the stable scores as one row per phase and task
+or group (a DVC bar plot: `dvc plots diff EXP_A EXP_B` sets experiments side by side);
+logs/eval_diagnostics.json, what the answers look like and warnings (also printed) when their form
+cannot match the ground truth; logs/eval_examples.json, a few answers.
+
+Started by Composer's launcher (`composer -n ${train.nproc}`): several processes split every task
+by whole batches and gather the answers, so the scores equal one process's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from pathlib import Path
+
+import torch
+from composer.utils import dist
 
 from pipeline.common import codec, feature_store, image_collator
 from pipeline.paths import COOLDOWN, ENCODER, FEATURES, FINETUNE, PRETRAIN, RAW, TIMINGS
 from vlm.config import Config
 from vlm.data import readers
-from vlm.evaluation.metrics import stable_score, summarise
-from vlm.evaluation.scoring import score_mc, score_pope, score_vqa
+from vlm.evaluation.diagnostics import diagnose
+from vlm.evaluation.metrics import mc_scores, pope_scores, summarise, vqa_scores, with_stable
+from vlm.evaluation.sampling import subsample
+from vlm.evaluation.scoring import answer, choose, in_order
 from vlm.io import read_json, write_json
 from vlm.model import store
 
-EVAL, METRICS, EXAMPLES = RAW / "eval", Path("metrics/eval.json"), Path("logs/eval_examples.json")
-PLOT = Path("logs/scores.json")
-VISION_TASKS, TEXT_TASKS = ("vqa", "pope"), ("text_mc",)
+EVAL, METRICS, PLOT = RAW / "eval", Path("metrics/eval.json"), Path("logs/scores.json")
+EXAMPLES, DIAGNOSTICS = Path("logs/eval_examples.json"), Path("logs/eval_diagnostics.json")
+VISION_KINDS, TEXT_KINDS = ("vqa", "pope"), ("mc",)
 SCORES = ("vision_stable", "text_stable", "stable_mean")
+HEADLINE = tuple(k for s in SCORES for k in (s, f"{s}_se"))
+STRATUM = {"vqa": lambda it: it["answer_type"], "pope": lambda it: it["label"], "mc": lambda it: ""}
 load_image = functools.cache(readers.load_image)  # each eval image is decoded once, not once per phase
+
+
+def eval_device(name: str) -> torch.device:
+    """`evaluate.device`: auto is this process's GPU when there is one, else the CPU."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("evaluate: `evaluate.device` is cuda, but torch sees no CUDA device here; "
+                         "use auto or cpu (params.yaml)")
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", dist.get_local_rank())
+
+
+def log(message: str) -> None:
+    """Printed by the first process only: the others compute the same lines."""
+    if dist.get_global_rank() == 0:
+        print(f"evaluate: {message}", flush=True)
 
 
 def images_for(collate):
@@ -35,21 +67,39 @@ def images_for(collate):
     return Path.read_bytes if collate.features is not None else load_image
 
 
-def evaluate_phase(tasks: dict, cdc, lm, vlm=None, collate=None, batch_size=64, max_new_tokens=4) -> dict:
-    scores = {}
+def gathered(local: dict, n: int) -> list:
+    """Every process's {item index: prediction}, merged and in item order."""
+    merged = {}
+    for part in dist.all_gather_object(local):
+        merged.update(part)
+    return in_order(merged, n)
+
+
+def evaluate_phase(phase: str, tasks: dict, cdc, lm, vlm=None, collate=None, batch_size=64,
+                   max_new_tokens=4) -> tuple[dict, dict]:
+    """The phase's scores (summarised) and the diagnostics of its open-ended tasks."""
+    rank, world = dist.get_global_rank(), dist.get_world_size()
+    scores, diagnostics = {}, {}
     for name, task in tasks.items():
-        if task["kind"] == "mc":
-            result = score_mc(lm, cdc, task["items"])
+        kind, items, t0 = task["kind"], task["items"], time.time()
+        if kind == "mc":
+            result = mc_scores(items, gathered(choose(lm, cdc, items, rank, world), len(items)))
         elif vlm is None:
             continue
-        elif task["kind"] == "vqa":
-            result = score_vqa(vlm, collate, cdc, task["items"], images_for(collate), batch_size, max_new_tokens)
         else:
-            result = score_pope(vlm, collate, cdc, task["items"], images_for(collate), batch_size, max_new_tokens)
-        result["chance"] = task["chance"]
-        result["stable"] = stable_score(result["accuracy"], task["chance"])
-        scores[name] = result
-    return summarise(scores, [t for t in VISION_TASKS if t in scores], [t for t in TEXT_TASKS if t in scores])
+            key = "question" if kind == "vqa" else "text"
+            preds = gathered(answer(vlm, collate, cdc, items, key, images_for(collate), batch_size,
+                                    max_new_tokens, rank, world), len(items))
+            result = (vqa_scores if kind == "vqa" else pope_scores)(items, preds)
+            diagnostics[name] = diagnose(kind, items, preds)
+            for warning in diagnostics[name]["warnings"]:
+                log(f"WARNING {phase}/{name}: {warning}")
+        scores[name] = with_stable(result, task["chance"])
+        log(f"{phase}/{name}: accuracy {result['accuracy']:.3f} ± {result['accuracy_se'] or 0:.3f} "
+            f"over {len(items)} items in {time.time() - t0:.1f}s")
+    vision = [n for n in scores if tasks[n]["kind"] in VISION_KINDS]
+    text = [n for n in scores if tasks[n]["kind"] in TEXT_KINDS]
+    return summarise(scores, vision, text), diagnostics
 
 
 def plot_rows(phases: dict) -> list[dict]:
@@ -64,34 +114,59 @@ def plot_rows(phases: dict) -> list[dict]:
     return rows
 
 
+def headline_first(final: dict, tasks: dict, phases: dict) -> dict:
+    """metrics/eval.json in the order `dvc exp show` prints its columns: the group scores with their
+    errors, then per task accuracy, its error and the rest, then the phases."""
+    metrics = {k: final[k] for k in HEADLINE if final.get(k) is not None}
+    metrics["tasks"] = {}
+    for name in tasks:
+        r = {k: v for k, v in final[name].items() if k != "examples"}
+        first = ("accuracy", "accuracy_se", "stable", "stable_se")
+        metrics["tasks"][name] = {**{k: r[k] for k in first}, **{k: r[k] for k in r if k not in first}}
+    metrics["phases"] = {p: {k: r[k] for k in HEADLINE if r.get(k) is not None} for p, r in phases.items()}
+    return metrics
+
+
 def run(cfg: Config) -> None:
-    batch_size, max_new, blank = cfg.evaluate.batch_size, cfg.evaluate.max_new_tokens, cfg.vision.blank_images
-    t0 = time.time()
+    ev, blank, t0 = cfg.evaluate, cfg.vision.blank_images, time.time()
+    device = eval_device(ev.device)
+    if dist.get_world_size() > 1:
+        from composer.devices import DeviceCPU, DeviceGPU
+
+        dist.initialize_dist(DeviceGPU() if device.type == "cuda" else DeviceCPU())
+    autocast = (functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else contextlib.nullcontext)
     tasks = readers.load_tasks(EVAL)
+    for name, task in tasks.items():
+        task["items"] = subsample(task["items"], ev.max_samples, cfg.seed, name, STRATUM[task["kind"]])
+    sizes = ", ".join(f"{n} {len(t['items'])}" for n, t in tasks.items())
+    procs = f" in {dist.get_world_size()} processes" if dist.get_world_size() > 1 else ""
+    log(f"items per task: {sizes}; on {device}{procs}")
     cdc = codec()
     last = max(read_json(PRETRAIN / "schedule.json")["branch_points"].values())
-    text_lm = store.load_lm(PRETRAIN / f"ba{last}")
+    text_lm = store.load_lm(PRETRAIN / f"ba{last}").to(device).eval()
 
-    phases = {"text_pretrain": evaluate_phase(tasks, cdc, text_lm.eval())}
-    features = feature_store(cfg, FEATURES, ENCODER)
-    for phase, folder in (("cooldown", COOLDOWN), ("finetune", FINETUNE)):
-        vlm = store.load_vlm(folder, ENCODER).eval()
-        collate = image_collator(cdc, vlm, blank=blank, features=features)
-        phases[phase] = evaluate_phase(tasks, cdc, vlm.lm, vlm, collate, batch_size, max_new)
-        print(f"evaluate: {phase}: " + ", ".join(
-            f"{n} {phases[phase][n]['accuracy']:.3f}" for n in tasks if n in phases[phase]), flush=True)
-    final = phases["finetune"]
-    metrics = {k: final[k] for k in SCORES if final[k] is not None}
-    metrics["tasks"] = {n: {k: v for k, v in final[n].items() if k != "examples"} for n in tasks}
-    metrics["phases"] = {p: {k: r[k] for k in SCORES if r.get(k) is not None} for p, r in phases.items()}
-    missing = [g for g, names in (("vision", VISION_TASKS), ("text", TEXT_TASKS)) if not set(names) & set(tasks)]
+    with autocast():
+        phases, diagnostics = {}, {}
+        phases["text_pretrain"], _ = evaluate_phase("text_pretrain", tasks, cdc, text_lm)
+        features = feature_store(cfg, FEATURES, ENCODER)
+        for phase, folder in (("cooldown", COOLDOWN), ("finetune", FINETUNE)):
+            vlm = store.load_vlm(folder, ENCODER).to(device).eval()
+            collate = image_collator(cdc, vlm, blank=blank, features=features)
+            phases[phase], diagnostics[phase] = evaluate_phase(phase, tasks, cdc, vlm.lm, vlm, collate,
+                                                               ev.batch_size, ev.max_new_tokens)
+    metrics = headline_first(phases["finetune"], tasks, phases)
+    kinds = {t["kind"] for t in tasks.values()}
+    missing = [g for g, group in (("vision", VISION_KINDS), ("text", TEXT_KINDS)) if not kinds & set(group)]
     if missing:  # a user's sources without a text (or vision) task: the other scores still stand
         metrics["missing_groups"] = ", ".join(missing)
-        print(f"evaluate: no {' or '.join(missing)} task in data/raw/eval/tasks.json, so no "
-              f"{', '.join(g + '_stable' for g in missing)}; stable_mean is over the groups present", flush=True)
-    write_json(METRICS, metrics)
-    write_json(PLOT, plot_rows(phases))
-    write_json(EXAMPLES, {p: r["vqa"]["examples"] for p, r in phases.items() if "vqa" in r})
-    write_json(TIMINGS / "evaluate.json", {"seconds": round(time.time() - t0, 1)})
-    print(f"evaluate: done in {time.time() - t0:.0f}s; " + ", ".join(
-        f"{k} {metrics[k]:.3f}" for k in SCORES if k in metrics), flush=True)
+        log(f"no {' or '.join(missing)} task in data/raw/eval/tasks.json, so no "
+            f"{', '.join(g + '_stable' for g in missing)}; stable_mean is over the groups present")
+    if dist.get_global_rank() == 0:
+        write_json(METRICS, metrics, sort_keys=False)
+        write_json(PLOT, plot_rows(phases))
+        write_json(DIAGNOSTICS, diagnostics)
+        write_json(EXAMPLES, {p: r["vqa"]["examples"] for p, r in phases.items() if "vqa" in r})
+        write_json(TIMINGS / "evaluate.json", {"seconds": round(time.time() - t0, 1)})
+    log(f"done in {time.time() - t0:.0f}s; " + ", ".join(
+        f"{k} {metrics[k]:.3f} ± {metrics.get(k + '_se') or 0:.3f}" for k in SCORES if k in metrics))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import re
 import sys
 from functools import cache
 from pathlib import Path
@@ -110,18 +111,26 @@ def dvc_spec() -> dict:
 
 
 def test_every_stage_runs_through_the_dispatcher():
-    """Stages that split the batch over processes (`per_rank`) start under Composer's launcher with
-    `train.nproc` processes, and list `train` as a param; the others run in one plain process."""
+    """Stages that split their work over processes (training: the batch, `per_rank`; evaluate: the
+    items, gathered with `all_gather_object`) start under Composer's launcher with `train.nproc`
+    processes, and list `train` (or `train.nproc`) as a param; the others run in one plain process."""
     spec = dvc_spec()
     assert set(spec["stages"]) == set(STAGES)
-    launched = {s for s, mod in STAGES.items() if "per_rank(" in (ROOT / f"{mod.replace('.', '/')}.py").read_text()}
-    assert launched == {"text-pretrain", "mixed-cooldown", "finetune"}
+    splitters = {"per_rank(", "all_gather_object("}
+    code = {s: (ROOT / f"{mod.replace('.', '/')}.py").read_text() for s, mod in STAGES.items()}
+    launched = {s for s in STAGES if splitters & set(_calls(code[s]))}
+    assert launched == {"text-pretrain", "mixed-cooldown", "finetune", "evaluate"}
     for stage, st in spec["stages"].items():
         if stage in launched:
             assert st["cmd"] == f"composer -n ${{train.nproc}} -m pipeline {stage}"
-            assert "train" in st["params"]
+            assert "train" in st["params"] or "train.nproc" in st["params"]
         else:
             assert st["cmd"] == f"python -m pipeline {stage}"
+
+
+def _calls(text: str) -> list[str]:
+    """The `name(` of every call written in a module's text."""
+    return [m + "(" for m in re.findall(r"([A-Za-z_][A-Za-z_0-9]*)\(", text)]
 
 
 @pytest.mark.parametrize("stage", list(STAGES))

@@ -1,11 +1,17 @@
-"""VQAv2 answer normalisation and accuracy, stable scores and their group means."""
+"""VQAv2 answer normalisation and accuracy, POPE's parse and scores, standard errors, stable scores
+and their group means, the stratified subset of `evaluate.max_samples`, and the answer diagnostics."""
 
 from __future__ import annotations
 
+from collections import Counter
+
+import numpy as np
 import pytest
 
 from vlm.data.vqa_answers import normalize_answer, vqa_accuracy
-from vlm.evaluation.metrics import stable_score, summarise
+from vlm.evaluation.diagnostics import diagnose
+from vlm.evaluation.metrics import mean_se, pope_parse, pope_scores, stable_score, summarise, vqa_scores, with_stable
+from vlm.evaluation.sampling import subsample
 
 
 def ten(matching: str, n: int, other: str = "blue") -> list[str]:
@@ -155,3 +161,143 @@ def test_summarise_missing_tasks_and_groups():
     assert out["stable_mean"] == pytest.approx(0.3)
     empty = summarise({}, ["vqa"], ["arc"])
     assert empty["vision_stable"] is None and empty["text_stable"] is None and empty["stable_mean"] is None
+
+
+def test_summarise_standard_errors_of_groups():
+    scores = {"vqa": {"stable": 0.4, "stable_se": 0.03}, "pope": {"stable": 0.6, "stable_se": 0.04},
+              "arc": {"stable": 0.2, "stable_se": 0.05}}
+    out = summarise(scores, ["vqa", "pope"], ["arc"])
+    assert out["vision_stable_se"] == pytest.approx(0.025)  # sqrt(0.03^2 + 0.04^2) / 2 = 0.05 / 2
+    assert out["text_stable_se"] == pytest.approx(0.05)
+    assert out["stable_mean_se"] == pytest.approx(np.hypot(0.025, 0.05) / 2)
+    one = summarise({"vqa": {"stable": 0.4, "stable_se": None}}, ["vqa"], [])
+    assert one["vision_stable_se"] is None and one["text_stable_se"] is None
+
+
+def test_mean_se_by_hand():
+    assert mean_se([1, 0, 1, 0]) == (0.5, pytest.approx(np.sqrt((4 * 0.25 / 3) / 4)))  # sample var 1/3
+    assert mean_se([0.7]) == (0.7, None)
+    with pytest.raises(ValueError, match="no items"):
+        mean_se([])
+
+
+def test_with_stable_scales_the_error_by_the_chance_gap():
+    r = with_stable({"accuracy": 0.75, "accuracy_se": 0.02}, 0.5)
+    assert r["stable"] == pytest.approx(0.5) and r["stable_se"] == pytest.approx(0.04) and r["chance"] == 0.5
+
+
+# POPE's evaluation script (and LLaVA's eval_pope.py): the text before the first full stop, commas
+# dropped, split on single spaces; "no", "not" or "No" among the words makes it "no".
+@pytest.mark.parametrize(("answer", "parsed"), [
+    ("No, there is not.", "no"),  # "No there is not": "No"
+    ("There is a dog.", "yes"),  # no negation: yes
+    ("yes", "yes"),
+    ("Not sure", "yes"),  # "Not" with a capital is not in the script's list
+    ("", "yes"),  # an empty answer counts as yes
+    ("no", "no"),
+    ("Yes. No.", "yes"),  # only the first sentence counts
+    ("yes, but not red", "no"),
+    ("nope", "yes"),
+    ("NO", "yes"),  # the script looks for "no", "not" and "No" only
+    ("2", "yes"),  # a digit: yes, as the digits of the issue's handwriting run would be read
+])
+def test_pope_parse(answer, parsed):
+    assert pope_parse(answer) == parsed
+
+
+def test_pope_scores_by_hand():
+    labels = ["yes", "yes", "yes", "no", "no", "no", "no", "no"]
+    preds = ["yes", "yes", "no", "yes", "no", "no", "no", "no"]
+    r = pope_scores([{"label": lab} for lab in labels], preds)
+    # TP 2, FN 1, FP 1, TN 4: accuracy 6/8, precision 2/3, recall 2/3, F1 2/3, yes ratio 3/8
+    assert r["accuracy"] == pytest.approx(0.75) and r["n"] == 8
+    assert r["precision"] == pytest.approx(2 / 3) and r["recall"] == pytest.approx(2 / 3)
+    assert r["f1"] == pytest.approx(2 / 3) and r["yes_ratio"] == pytest.approx(3 / 8)
+    none_yes = pope_scores([{"label": "yes"}, {"label": "no"}], ["no", "no"])
+    assert none_yes["precision"] == 0.0 and none_yes["recall"] == 0.0 and none_yes["f1"] == 0.0
+    assert none_yes["accuracy"] == 0.5 and none_yes["yes_ratio"] == 0.0
+
+
+def vqa_item(answer_type: str, answer: str, question: str = "q?") -> dict:
+    return {"question": question, "answers": [answer] * 10, "answer_type": answer_type,
+            "multiple_choice_answer": answer}
+
+
+def test_vqa_scores_per_answer_type():
+    items = [vqa_item("yes/no", "yes"), vqa_item("yes/no", "no"), vqa_item("number", "2"),
+             vqa_item("other", "red"), vqa_item("other", "blue"), vqa_item("other", "green")]
+    r = vqa_scores(items, ["yes", "yes", "two", "red", "red", "green"])
+    assert r["accuracy"] == pytest.approx(4 / 6) and r["n"] == 6
+    assert r["by_type"]["yes/no"]["accuracy"] == pytest.approx(0.5) and r["by_type"]["yes/no"]["n"] == 2
+    assert r["by_type"]["number"]["accuracy"] == 1.0 and r["by_type"]["number"]["accuracy_se"] is None
+    assert r["by_type"]["other"]["accuracy"] == pytest.approx(2 / 3)
+    assert list(r["by_type"]) == ["number", "other", "yes/no"]
+
+
+# ---------------------------------------------------------------- evaluate.max_samples
+
+
+def typed_items(counts: dict[str, int]) -> list[dict]:
+    return [{"id": i, "answer_type": t} for i, t in enumerate(t for t, n in counts.items() for _ in range(n))]
+
+
+def test_subsample_keeps_each_strata_share_and_the_order():
+    items = typed_items({"other": 600, "number": 300, "yes/no": 100})
+    items = [items[i] for i in np.random.default_rng(0).permutation(len(items))]  # types interleaved
+    sub = subsample(items, 100, 0, "vqa", lambda it: it["answer_type"])
+    assert Counter(it["answer_type"] for it in sub) == {"other": 60, "number": 30, "yes/no": 10}
+    positions = [items.index(it) for it in sub]
+    assert positions == sorted(positions) and len(set(positions)) == 100  # original order, no repeats
+    assert sub == subsample(items, 100, 0, "vqa", lambda it: it["answer_type"])  # the same seed draws the same
+    assert sub != subsample(items, 100, 1, "vqa", lambda it: it["answer_type"])
+    assert sub != subsample(items, 100, 0, "pope", lambda it: it["answer_type"])  # each task its own draw
+
+
+def test_subsample_rounds_by_largest_remainder_then_name():
+    items = typed_items({"a": 1, "b": 1, "c": 1})
+    assert [it["answer_type"] for it in subsample(items, 2, 0, "t", lambda it: it["answer_type"])] == ["a", "b"]
+    items = typed_items({"a": 5, "b": 3, "c": 2})  # n 5: quotas 2.5, 1.5, 1.0 -> 2, 1, 1, then a (.5, name a)
+    assert Counter(it["answer_type"] for it in subsample(items, 5, 3, "t", lambda it: it["answer_type"])) == {
+        "a": 3, "b": 1, "c": 1}
+
+
+@pytest.mark.parametrize("n", [0, 10, 11])
+def test_subsample_zero_or_enough_keeps_everything(n):
+    items = typed_items({"a": 10})
+    assert subsample(items, n, 0, "t", lambda it: it["answer_type"]) == items
+
+
+# ---------------------------------------------------------------- answer diagnostics
+
+
+def test_diagnose_number_words_against_number_words_in_the_ground_truth():
+    items = [vqa_item("number", w) for w in ("two", "three", "one", "two")]
+    d = diagnose("vqa", items, ["two", "two", "one", "three"])
+    assert vqa_scores(items, ["two", "two", "one", "three"])["accuracy"] == 0.0  # why the warning matters
+    assert len(d["warnings"]) == 2  # outside the vocabulary, and number words
+    assert "never score" in d["warnings"][1] and "100% of the answers are number words" in d["warnings"][1]
+    assert d["outside_vocabulary"] == 1.0 and d["top_answers"][0] == ["2", 2]
+
+
+def test_diagnose_number_words_against_digits_and_a_clean_run():
+    items = [vqa_item("number", d) for d in ("2", "3", "1", "2")]
+    (warning,) = diagnose("vqa", items, ["two", "three", "1", "2"])["warnings"]
+    assert "where the ground truth has digits" in warning
+    clean = diagnose("vqa", items, ["2", "3", "1", "1"])
+    assert clean["warnings"] == [] and clean["outside_vocabulary"] == 0.0 and clean["distinct_answers"] == 3
+
+
+def test_diagnose_yes_no_task_answered_otherwise():
+    items = [{"label": "yes" if i % 2 else "no", "text": "is there a two?"} for i in range(10)]
+    preds = ["2", "9", "2", "7", "yes", "2", "3", "no", "2", "1"]
+    d = diagnose("pope", items, preds)
+    assert d["yes_no_share"] == 0.2 and d["yes_share"] == 0.9  # "no" is the only no
+    (warning,) = d["warnings"]
+    assert "only 20% of the answers to yes/no questions say yes or no" in warning and "'2'" in warning
+
+
+def test_diagnose_all_answers_identical():
+    items = [vqa_item("other", c) for c in ("red", "blue") * 6]
+    d = diagnose("vqa", items, ["red"] * 12)
+    assert d["warnings"] == ["every answer is 'red': the model ignores the question and the image."]
+    assert d["distinct_answers"] == 1 and d["top_answers"] == [["red", 12]]

@@ -60,18 +60,18 @@ def test_every_format_comes_back_as_the_world_it_was_made_from(every_format):
     assert len(list((raw / "images/instruct").iterdir())) == len({r["image"] for r in want if "image" in r})
 
     tasks = json.loads((raw / "eval/tasks.json").read_text())
-    assert set(tasks) == {"vqa", "pope", "text_mc"}
+    assert set(tasks) == {"vqa", "pope_random", "text_mc"}  # the split named in coco_pope_random.jsonl
     got = readers.read_vqa(raw / "eval/vqa_questions.json", raw / "eval/vqa_annotations.json", raw / "eval")
     want = readers.read_vqa(world / "eval/vqa_questions.json", world / "eval/vqa_annotations.json",
                             world / "eval/images")
     assert [(g["question"], g["answers"], g["answer_type"]) for g in got] == [
         (w["question"], w["answers"], w["answer_type"]) for w in want]
     assert [g["image"].read_bytes() for g in got] == [w["image"].read_bytes() for w in want]
-    got, want = readers.read_pope(raw / "eval/pope.jsonl"), readers.read_pope(world / "eval/pope.jsonl")
+    got, want = readers.read_pope(raw / "eval/pope_random.jsonl"), readers.read_pope(world / "eval/pope.jsonl")
     assert [(g["text"], g["label"], g["image"].read_bytes()) for g in got] == [
         (w["text"], w["label"], w["image"].read_bytes()) for w in want]  # "Yes" in the file reads as "yes"
     assert readers.read_mc(raw / "eval/text_mc.jsonl") == readers.read_mc(world / "eval/text_mc.jsonl")
-    assert tasks["text_mc"]["chance"] == 0.25 and tasks["pope"]["chance"] == 0.5
+    assert tasks["text_mc"]["chance"] == 0.25 and tasks["pope_random"]["chance"] == 0.5
     assert 0 < tasks["vqa"]["chance"] < 1
 
     index = json.loads((raw / "sources.json").read_text())
@@ -267,3 +267,30 @@ def test_the_vqa_chance_written_for_a_users_set_is_worked_by_hand(tmp_path):
     assert loaded["chance"] == pytest.approx(CHANCE, rel=1e-6)
     assert [(it["question"], it["answer_type"], it["multiple_choice_answer"], it["answers"])
             for it in loaded["items"]] == CHANCE_SET
+
+
+def test_each_pope_split_is_a_task_of_its_own(small_world, tmp_path):
+    """POPE's files name their split (coco_pope_popular.json); `split` names it otherwise. Files of
+    one split, from any source, make one task; a file with no split makes `pope`."""
+    images = tmp_path / "inputs/pope/images"
+    images.mkdir(parents=True)
+    pope = [json.loads(line) for line in (small_world / "eval/pope.jsonl").read_text().splitlines()]
+    for r in pope:
+        (images / Path(r["image"]).name).write_bytes((small_world / "eval" / r["image"]).read_bytes())
+    records = [{"image": Path(r["image"]).name, "text": r["text"], "label": r["label"]} for r in pope]
+    parts = {"coco_pope_random.jsonl": records[:3], "coco_pope_popular.jsonl": records[3:5],
+             "coco_pope_adversarial.jsonl": records[5:6], "mine.jsonl": records[6:8], "extra.jsonl": records[8:9]}
+    for name, part in parts.items():
+        write_jsonl(tmp_path / "inputs/pope" / name, part)
+    source = {"path": str(tmp_path / "inputs/pope/coco_pope_*.jsonl"), "image_root": str(images)}
+    params = {"pope": [source, {"path": str(tmp_path / "inputs/pope/mine.jsonl"), "image_root": str(images)},
+                       {**source, "path": str(tmp_path / "inputs/pope/extra.jsonl"), "split": "popular"}]}
+    ingest(params, tmp_path / "raw")
+    tasks = json.loads((tmp_path / "raw/eval/tasks.json").read_text())
+    assert tasks == {name: {"kind": "pope", "file": f"{name}.jsonl", "chance": 0.5}
+                     for name in ("pope", "pope_adversarial", "pope_popular", "pope_random")}
+    texts = {name: [it["text"] for it in readers.read_pope(tmp_path / "raw/eval" / t["file"])]
+             for name, t in tasks.items()}
+    assert texts == {"pope_random": [r["text"] for r in records[:3]],
+                     "pope_popular": [r["text"] for r in records[3:5] + records[8:9]],
+                     "pope_adversarial": [records[5]["text"]], "pope": [r["text"] for r in records[6:8]]}

@@ -115,3 +115,19 @@ def test_a_batch_the_processes_cannot_split_fails_before_training(repo):
     assert proc.returncode != 0
     assert "`pretrain.batch_size` 4 is not divisible by the 3 training processes" in proc.stderr + proc.stdout
 
+
+
+def test_two_processes_evaluate_as_one(repo):
+    """Evaluation split by whole batches over 2 processes (gloo) and gathered: every output equals
+    one process's, byte for byte."""
+    set_params(repo, **{"evaluate.batch_size": 7})  # several batches per task, so both processes work
+    outputs = ("metrics/eval.json", "logs/scores.json", "logs/eval_diagnostics.json", "logs/eval_examples.json")
+    run(repo, str(BIN / "python"), "-m", "pipeline", "evaluate")
+    one = {f: (repo / f).read_text() for f in outputs}
+    for f in outputs:
+        (repo / f).unlink()
+    proc = run(repo, str(BIN / "composer"), "-n", "2", "-m", "pipeline", "evaluate")
+    assert "on cpu in 2 processes" in proc.stdout
+    assert {f: (repo / f).read_text() for f in outputs} == one
+    tasks = json.loads(one["metrics/eval.json"])["tasks"]
+    assert all(t["n"] > 7 for t in tasks.values())

@@ -30,7 +30,7 @@ def test_every_format_through_dvc_repro(small_world, tmp_path):
     assert sum(s["kept"] for k, s in prepared["sources"].items() if ".text[" in k) == len(
         jsonl(small_world / "text.jsonl"))
     metrics = json.loads((repo / "metrics/eval.json").read_text())
-    assert set(metrics["tasks"]) == {"vqa", "pope", "text_mc"}
+    assert set(metrics["tasks"]) == {"vqa", "pope_random", "text_mc"}
     assert all(math.isfinite(metrics[k]) for k in ("vision_stable", "text_stable", "stable_mean"))
     assert "missing_groups" not in metrics
     deps = {d["path"]: d for d in yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["prepare"]["deps"]}

@@ -30,6 +30,19 @@ from safetensors.torch import load_file
 from vlm.training.schedules import warmup_cosine
 
 
+def test_dvc_exp_show_prints_the_stable_scores_first(tiny):
+    """A terminal shows the first columns of `dvc exp show`: the headline scores with their errors,
+    then each task's accuracy and its error; the other stages' metrics (counts) come after."""
+    header = run(tiny, "dvc", "exp", "show", "--csv").stdout.splitlines()[0].split(",")
+    fixed = {"Experiment", "rev", "typ", "Created", "parent", "State", "Executor"}
+    columns = [c for c in header if c not in fixed]
+    assert columns[:6] == ["vision_stable", "vision_stable_se", "text_stable", "text_stable_se",
+                           "stable_mean", "stable_mean_se"]
+    first_task = json.loads((tiny / "data/raw/eval/tasks.json").read_text())
+    assert columns[6:8] == [f"tasks.{min(first_task)}.accuracy", f"tasks.{min(first_task)}.accuracy_se"]
+    assert columns.index("counts.creatures") > columns.index("tasks.vqa.accuracy")  # still shown, after
+
+
 def params_of(repo) -> dict:
     return yaml.safe_load((repo / "params.yaml").read_text())
 
@@ -51,8 +64,16 @@ def test_full_repro_ends_in_metrics_for_every_phase(tiny):
         assert json.loads((tiny / f"timings/{curve}.json").read_text())["seconds"] > 0
     for name in ("encoder", "pretrain", "cooldown", "finetune"):
         assert "seconds" not in json.loads((tiny / f"metrics/{name}.json").read_text())
-    shown = run(tiny, "dvc", "metrics", "show", "--json").stdout
-    assert "vision_stable" in shown
+    for task in ("vqa", "pope", "text_mc"):  # each score with its standard error
+        t = metrics["tasks"][task]
+        assert 0 <= t["accuracy_se"] < 0.5 and t["stable_se"] == pytest.approx(t["accuracy_se"] / (1 - t["chance"]))
+    assert {"precision", "recall", "f1", "yes_ratio"} <= set(metrics["tasks"]["pope"])
+    assert set(metrics["tasks"]["vqa"]["by_type"]) == {"number", "other"}  # the world's answer types
+    diagnostics = json.loads((tiny / "logs/eval_diagnostics.json").read_text())
+    assert set(diagnostics) == {"cooldown", "finetune"} and set(diagnostics["finetune"]) == {"vqa", "pope"}
+    shown = json.loads(run(tiny, "dvc", "metrics", "show", "--json").stdout)
+    files = set(shown[""]["data"]) if "" in shown else set(next(iter(shown.values()))["data"])
+    assert {"metrics/eval.json", "metrics/prepare.json", "metrics/cooldown.json"} <= files
     plots = run(tiny, "dvc", "plots", "show", "--json").stdout
     assert "training loss" in plots and "cooldown image token share" in plots and "logs/scores.json" in plots
     assert not list((tiny / "checkpoints").rglob("*.pt"))  # resume checkpoints go once a stage is done
@@ -143,6 +164,7 @@ def test_the_committed_default_run_realises_its_image_share():
         ({"branch.fraction": 0.6}, ["branch-at-fraction"]),
         ({"finetune.epochs": 2}, ["finetune"]),
         ({"evaluate.max_new_tokens": 3}, ["evaluate"]),
+        ({"evaluate.max_samples": 10}, ["evaluate"]),
         ({"tokenize.vocab_size": 420}, ["tokenize"]),
         ({"shard.val_fraction": 0.1}, ["stream-shard"]),
         # the control reaches every stage that shows the model an image
@@ -179,6 +201,25 @@ def test_bad_params_fail_before_work_and_keep_the_old_outputs(tiny):
     with changed_params(tiny, **{"tokenize.vocab_size": 100}):
         proc = run(tiny, "python", "-m", "pipeline", "tokenize", check=False)
     assert proc.returncode == 2 and "`tokenize.vocab_size`" in proc.stderr and proc.stdout == ""
+
+
+def test_max_samples_scores_a_seeded_stratified_subset_of_each_task(tiny):
+    from collections import Counter
+
+    from vlm.data import readers
+    from vlm.evaluation.sampling import subsample
+
+    set_params(tiny, **{"evaluate.max_samples": 10})
+    run(tiny, "python", "-m", "pipeline", "evaluate")
+    metrics = json.loads((tiny / "metrics/eval.json").read_text())
+    assert {name: t["n"] for name, t in metrics["tasks"].items()} == {"vqa": 10, "pope": 10, "text_mc": 10}
+    vqa = readers.load_tasks(tiny / "data/raw/eval")["vqa"]["items"]
+    assert len(vqa) == 40
+    chosen = Counter(it["answer_type"] for it in subsample(vqa, 10, params_of(tiny)["seed"], "vqa",
+                                                           lambda it: it["answer_type"]))
+    whole = Counter(it["answer_type"] for it in vqa)
+    assert {t: r["n"] for t, r in metrics["tasks"]["vqa"]["by_type"].items()} == chosen
+    assert all(abs(chosen[t] - 10 * whole[t] / 40) < 1 for t in whole)  # each type in its share
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ the blank-image control, with tiny real models (nothing downloaded) and scripted
 
 from __future__ import annotations
 
+import copy
 import functools
 from itertools import product
 
@@ -26,7 +27,7 @@ from vlm.evaluation.scoring import (
     score_pope,
     score_vqa,
 )
-from vlm.model.lm import LM, lm_config
+from vlm.model.lm import LM, KVCache, lm_config
 from vlm.model.vision import build_clip, image_tensor, preprocess_config, tiny_clip_config
 from vlm.model.vlm import VLM, build_vlm
 
@@ -103,59 +104,74 @@ def last_logits(model, collate: Collator, codec: Codec, questions: list[str], im
 
 
 class Scripted(nn.Module):
-    """A fake VLM whose argmax at step s of row b is `scripts[b][s]` (the last entry repeats)."""
+    """A fake VLM whose argmax at step s of row b is `scripts[b][s]` (the last entry repeats).
+
+    It checks what `generate` feeds it: without a cache the whole sequence at every step, with one
+    the prompt (and the images) once and then only the newest token, the pad mask always covering
+    every position so far."""
 
     def __init__(self, vocab_size: int, eos: int, scripts: list[list[int]]):
         super().__init__()
         self.dummy = nn.Parameter(torch.zeros(1))
         self.vocab_size, self.eos, self.scripts = vocab_size, eos, scripts
-        self.inputs: list[torch.Tensor] = []
+        self.inputs: list[torch.Tensor] = []  # the whole sequence the model has seen at each call
 
     def token(self, b: int, step: int) -> int:
         script = self.scripts[b]
         return script[min(step, len(script) - 1)]
 
-    def forward(self, ids, images=None, pad_mask=None):
-        assert pad_mask is not None and pad_mask.shape == ids.shape
-        assert images is not None and images.shape[0] == ids.shape[0] == len(self.scripts)
+    def forward(self, ids, images=None, pad_mask=None, cache=None):
         step = len(self.inputs)
+        cached_step = cache is not None and step > 0
+        full = torch.cat([self.inputs[-1], ids], dim=1) if cached_step else ids
+        assert ids.shape[1] == (1 if cached_step else full.shape[1])
+        assert pad_mask is not None and pad_mask.shape == full.shape
+        if cached_step:
+            assert images is None  # the image went in with the prompt
+        else:
+            assert images is not None and images.shape[0] == ids.shape[0] == len(self.scripts)
         if step:  # each call sees the previous ids plus the token chosen last time (eos once a row is done)
-            assert torch.equal(ids[:, :-1], self.inputs[-1])
+            assert torch.equal(full[:, :-1], self.inputs[-1])
             fed = [self.eos if self.eos in self.scripts[b][: step - 1] else self.token(b, step - 1)
                    for b in range(len(self.scripts))]
-            assert ids[:, -1].tolist() == fed
+            assert full[:, -1].tolist() == fed
             assert pad_mask[:, -1].all()
-        self.inputs.append(ids.clone())
+        self.inputs.append(full.clone())
         logits = torch.zeros(ids.shape[0], ids.shape[1], self.vocab_size)
         for b in range(len(self.scripts)):
             logits[b, -1, self.token(b, step)] = 1.0
         return logits
 
 
-def test_generate_stops_at_eos_and_drops_what_follows(codec):
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generate_stops_at_eos_and_drops_what_follows(codec, use_cache):
     eos = codec.ids["eos"]
     first, second = codec.encode("red circle"), codec.encode("two")
     trailing = codec.encode(" blue square")
     assert len(first) > len(second) >= 1
     model = Scripted(codec.vocab_size, codec.ids["eos"], [first + [eos] + trailing, second + [eos] + trailing])
     answers = generate(model, collator(codec, 4), codec, ["what is it?", "how many?"],
-                       [solid((255, 0, 0)), solid((0, 0, 255))], max_new_tokens=20)
+                       [solid((255, 0, 0)), solid((0, 0, 255))], max_new_tokens=20, use_cache=use_cache)
     assert answers == [codec.decode(first), codec.decode(second)] == ["red circle", "two"]
     # One call per token of the longer answer plus the call that produced its eos; nothing after.
     assert len(model.inputs) == len(first) + 1
 
 
-def test_generate_an_immediate_eos_is_an_empty_answer(codec):
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generate_an_immediate_eos_is_an_empty_answer(codec, use_cache):
     model = Scripted(codec.vocab_size, codec.ids["eos"], [[codec.ids["eos"], *codec.encode("red")]])
-    answers = generate(model, collator(codec, 4), codec, ["what?"], [solid((255, 0, 0))], max_new_tokens=5)
+    answers = generate(model, collator(codec, 4), codec, ["what?"], [solid((255, 0, 0))], max_new_tokens=5,
+                       use_cache=use_cache)
     assert answers == [""] and len(model.inputs) == 1
 
 
-def test_generate_stops_after_max_new_tokens_without_eos(codec):
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generate_stops_after_max_new_tokens_without_eos(codec, use_cache):
     script = codec.encode("red blue green circle square")
     assert len(script) >= 4 and codec.ids["eos"] not in script
     model = Scripted(codec.vocab_size, codec.ids["eos"], [script])
-    answers = generate(model, collator(codec, 4), codec, ["what?"], [solid((255, 0, 0))], max_new_tokens=3)
+    answers = generate(model, collator(codec, 4), codec, ["what?"], [solid((255, 0, 0))], max_new_tokens=3,
+                       use_cache=use_cache)
     assert answers == [codec.decode(script[:3])]
     assert len(codec.decode(script[:3])) < len(codec.decode(script[:4]))  # a 4th token would show
     assert len(model.inputs) == 3
@@ -217,13 +233,9 @@ def test_left_pad():
 # ---------------------------------------------------------------- POPE answers
 
 
-@pytest.mark.parametrize(("preds", "labels", "accuracy", "yes_rate"), [
-    (["Yes.", "no", ""], ["yes", "no", "yes"], 2 / 3, 1 / 3),
-    (["No, there is not.", "YES", "yes, there is one"], ["no", "no", "yes"], 2 / 3, 2 / 3),
-    (["nope", "y", "the answer is yes"], ["no", "yes", "yes"], 0.0, 0.0),  # neither yes nor no
-    (["  Yes!  ", "No.", "yes"], ["yes", "no", "yes"], 1.0, 2 / 3),
-])
-def test_pope_reads_the_first_word_of_the_answer(monkeypatch, preds, labels, accuracy, yes_rate):
+def test_score_pope_reads_answers_by_popes_parse_in_batches(monkeypatch):
+    preds = ["No, there is not.", "There is a dog.", "yes", "Not sure", "", "no"]
+    labels = ["no", "no", "yes", "no", "yes", "yes"]
     questions = [f"is there a red circle number {i}?" for i in range(len(preds))]
     answer_of = dict(zip(questions, preds, strict=True))
     calls = []
@@ -235,10 +247,15 @@ def test_pope_reads_the_first_word_of_the_answer(monkeypatch, preds, labels, acc
     monkeypatch.setattr(scoring, "generate", fake_generate)
     items = [{"text": q, "image": f"img{i}", "label": lab}
              for i, (q, lab) in enumerate(zip(questions, labels, strict=True))]
-    result = score_pope(None, None, None, items, lambda name: name.upper(), batch_size=2, max_new_tokens=4)
-    assert result["accuracy"] == pytest.approx(accuracy)
-    assert result["yes_rate"] == pytest.approx(yes_rate)
-    assert calls == [(questions[:2], ["IMG0", "IMG1"], 4), (questions[2:], ["IMG2"], 4)]
+    result = score_pope(None, None, None, items, lambda name: name.upper(), batch_size=4, max_new_tokens=4)
+    # parsed: no, yes, yes, yes ("Not" is no negation to the script), yes (empty), no
+    # right:  yes, no,  yes, no,  yes, no -> 3 of 6; TP 2 (items 2, 4), said yes 4, truly yes 3
+    assert result["accuracy"] == pytest.approx(0.5)
+    assert result["precision"] == pytest.approx(2 / 4) and result["recall"] == pytest.approx(2 / 3)
+    assert result["f1"] == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
+    assert result["yes_ratio"] == pytest.approx(4 / 6) and result["n"] == 6
+    assert result["accuracy_se"] == pytest.approx(np.std([1, 0, 1, 0, 1, 0], ddof=1) / np.sqrt(6))
+    assert calls == [(questions[:4], ["IMG0", "IMG1", "IMG2", "IMG3"], 4), (questions[4:], ["IMG4", "IMG5"], 4)]
 
 
 # ---------------------------------------------------------------- VQA answers
@@ -365,3 +382,61 @@ def test_the_pipelines_eval_collator_passes_the_blank_flag(codec, vlm):
     assert torch.equal(blank.pixels([red]), blank.pixels([blue]))
     assert torch.equal(blank.pixels([red]), collator(codec, vlm.num_image_tokens, blank=True).pixels([red]))
     assert torch.equal(seeing.pixels([red, blue]), collator(codec, vlm.num_image_tokens).pixels([red, blue]))
+
+
+# ---------------------------------------------------------------- the KV cache
+
+
+def never_eos(model: VLM, codec: Codec) -> VLM:
+    """A copy whose eos logit is 0 (random weights' best logit is higher), so every answer is long."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.lm.lm_head.weight[codec.ids["eos"]] = 0.0
+    return model
+
+
+def test_cached_decoding_gives_the_uncached_tokens(codec, vlm):
+    """A left-padded batch of prompts of different lengths, each with its own image: greedy decoding
+    with the KV cache picks exactly the tokens that recomputing the whole sequence picks, and the
+    logits of every step agree to float rounding."""
+    model, collate = never_eos(vlm, codec), collator(codec, vlm.num_image_tokens)
+    images = [noisy(0), solid((220, 50, 40)), noisy(2)]
+    prompts = [np.array(codec.prompt(f"{IMAGE_MARK}\n{q}")) for q in QUESTIONS]
+    ids, mask = left_pad([collate.expand(p, np.zeros_like(p))[0] for p in prompts], codec.ids["pad"])
+    pixels = collate.pixels(images)
+    cache = KVCache()
+    step_ids, step_pixels, full, full_mask = ids, pixels, ids, mask
+    tokens = {"cached": [], "uncached": []}
+    with torch.no_grad():
+        for _ in range(10):
+            cached = model(step_ids, images=step_pixels, pad_mask=full_mask, cache=cache)[:, -1]
+            uncached = model(full, images=pixels, pad_mask=full_mask)[:, -1]
+            torch.testing.assert_close(cached, uncached, rtol=0, atol=1e-5)
+            nxt = uncached.argmax(-1)
+            tokens["cached"].append(cached.argmax(-1).tolist())
+            tokens["uncached"].append(nxt.tolist())
+            full = torch.cat([full, nxt[:, None]], 1)
+            full_mask = torch.cat([full_mask, torch.ones_like(nxt[:, None], dtype=torch.bool)], 1)
+            step_ids, step_pixels = nxt[:, None], None
+    assert tokens["cached"] == tokens["uncached"]
+    assert cache.length == full.shape[1] - 1  # the last token chosen was never fed
+    assert len({tuple(t) for t in tokens["uncached"]}) > 1  # the steps differ: a real sequence
+    answers = {c: generate(model, collate, codec, QUESTIONS, images, 10, use_cache=c) for c in (True, False)}
+    assert answers[True] == answers[False] and all(answers[True])
+
+
+def test_cached_positions_count_toward_max_seq_len(codec, vlm):
+    model = never_eos(vlm, codec)
+    limit = model.lm.cfg.max_seq_len
+    prompt_len = len(codec.prompt(f"{IMAGE_MARK}\n{QUESTIONS[0]}")) - 1 + model.num_image_tokens
+    with pytest.raises(ValueError, match=f"longer than max_seq_len={limit}"):
+        generate(model, collator(codec, model.num_image_tokens), codec, [QUESTIONS[0]], [noisy(0)],
+                 limit - prompt_len + 2)
+
+
+@pytest.mark.parametrize(("n", "size", "world"), [(23, 5, 2), (23, 5, 3), (4, 5, 2), (10, 1, 4)])
+def test_processes_split_a_task_by_whole_batches(n, size, world):
+    one = scoring.my_batches(n, size)
+    parts = [scoring.my_batches(n, size, rank, world) for rank in range(world)]
+    assert sorted((b for p in parts for b in p), key=lambda b: b.start) == one  # the same batches, each once
+    assert [i for b in one for i in b] == list(range(n))

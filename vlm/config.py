@@ -112,10 +112,12 @@ class VqaSource:
 
 @dataclass(frozen=True)
 class PopeSource:
-    """POPE: JSONL of {question_id?, image, text, label yes/no}."""
+    """POPE: JSONL of {question_id?, image, text, label yes/no}. Each split (random, popular,
+    adversarial) is its own task, `pope_<split>`; files without a split make the task `pope`."""
 
     path: str = spec()
     image_root: str | None = spec(default=None)
+    split: str | None = spec(default=None)  # null: random/popular/adversarial if the file name says so
 
 
 @dataclass(frozen=True)
@@ -261,8 +263,10 @@ class FinetuneConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    batch_size: int = spec(1)
+    batch_size: int = spec(1)  # questions per batch of greedy decoding
     max_new_tokens: int = spec(1)
+    max_samples: int = spec(0)  # items per task, a seeded stratified subset (0 = all)
+    device: str = spec(choices=("auto", "cpu", "cuda"))  # auto: this process's GPU when there is one
 
 
 @dataclass(frozen=True)

@@ -51,12 +51,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_json(path: str | Path, obj) -> None:
-    """Write JSON (sorted keys, trailing newline) via a temporary file and an atomic rename."""
+def write_json(path: str | Path, obj, sort_keys: bool = True) -> None:
+    """Write JSON (sorted keys unless told, trailing newline) via a temporary file and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n")
     os.replace(tmp, path)
 
 

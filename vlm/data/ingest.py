@@ -218,6 +218,16 @@ class Reading:
             self.tallies[key].check(self.max_bad)
 
 
+POPE_SPLITS = ("random", "popular", "adversarial")
+
+
+def pope_task(src: Any, path: Path) -> str:
+    """The task a POPE file is scored as: `pope_<split>`, the split given or named in the file name
+    (coco_pope_adversarial.json: adversarial), else `pope`. Each split is a task of its own."""
+    split = src.split or next((s for s in POPE_SPLITS if s in path.name.lower()), None)
+    return f"pope_{split}" if split else "pope"
+
+
 def _root(src: Any, path: Path) -> Path:
     """The folder a source's image file names are relative to: `image_root`, or the file's own."""
     return Path(src.image_root) if src.image_root else path.parent
@@ -372,18 +382,25 @@ def write_eval(r: Reading, out: Path) -> dict:
                             {**a, "answers": [x["answer"] for x in a["answers"]]} for a in annotations]), 6)}
     if files.pope:
         images = Images(ev, "images/pope")
-        with (ev / "pope.jsonl").open("w", encoding="utf-8") as f:
-            lines = JsonLines(f)
-            for src, path, tally in r.sources("pope"):
-                root = _root(src, path)
+        by_task: dict[str, list] = {}
+        for i, src in enumerate(files.pope):
+            for path in r.found[key_of("pope", i)]:
+                by_task.setdefault(pope_task(src, path), []).append((src, path, r.tallies[key_of("pope", i)]))
+        for task, files_of_task in sorted(by_task.items()):
+            with (ev / f"{task}.jsonl").open("w", encoding="utf-8") as f:
+                lines = JsonLines(f)
+                for src, path, tally in files_of_task:
+                    root = _root(src, path)
 
-                def write(item, root=root):
-                    it = pope_item(item[1], item[0], root)
-                    lines.add({"question_id": lines.count, "image": images.add(it["image"]), "text": it["text"],
-                               "label": it["label"]})
+                    def write(item, root=root, lines=lines):
+                        it = pope_item(item[1], item[0], root)
+                        lines.add({"question_id": lines.count, "image": images.add(it["image"]),
+                                   "text": it["text"], "label": it["label"]})
 
-                _run(tally, jsonl_records(path), write)
-        tasks["pope"] = {"kind": "pope", "file": "pope.jsonl", "chance": 0.5}
+                    _run(tally, jsonl_records(path), write)
+            tasks[task] = {"kind": "pope", "file": f"{task}.jsonl", "chance": 0.5}
+        for i in range(len(files.pope)):  # each source's share of bad records, once all its files are read
+            r.tallies[key_of("pope", i)].check(r.max_bad)
     if files.text_mc:
         inverse_choices = []
         with (ev / "text_mc.jsonl").open("w", encoding="utf-8") as f:

@@ -79,6 +79,12 @@ def normalize_answer(answer: str) -> str:
     return process_digit_article(process_punctuation(text))
 
 
+def scored_answers(answers: list[str]) -> list[str]:
+    """The human answers as the script compares them: as written when they agree, else with
+    punctuation processed (never digits, articles or case)."""
+    return [process_punctuation(a) for a in answers] if len(set(answers)) > 1 else list(answers)
+
+
 def vqa_accuracy(prediction: str, answers: list[str]) -> float:
     """The VQAv2 accuracy of one answer against its (ten) human answers.
 
@@ -87,7 +93,7 @@ def vqa_accuracy(prediction: str, answers: list[str]) -> float:
     punctuation (no digits, articles or case): a lone "Two" among ten identical "Two"s matches nothing.
     """
     pred = normalize_answer(prediction)
-    humans = [process_punctuation(a) for a in answers] if len(set(answers)) > 1 else list(answers)
+    humans = scored_answers(answers)
     if not humans:
         raise ValueError("a VQA question needs at least one human answer")
     scores = [min(sum(h == pred for h in humans[:i] + humans[i + 1:]) / 3.0, 1.0) for i in range(len(humans))]

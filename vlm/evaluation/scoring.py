@@ -1,13 +1,19 @@
 """Running a model on the evaluation tasks.
 
 - open-ended VQA and POPE: LLaVA-style prompt `[user] <image> question [assistant]`, greedy
-  decoding until eos, answers scored with the VQAv2 rule (POPE: the normalised answer against yes/no);
+  decoding with a KV cache until eos; VQA answers scored with the VQAv2 rule, POPE answers read by
+  POPE's own parse (vlm/evaluation/metrics.py);
 - multiple choice (ARC-style): the log-likelihood of each option after `question: stem answer:`,
   summed over the option's tokens; the best option is the prediction.
 Batches are left-padded with a pad mask, so every row sees exactly its own tokens.
+
+Several processes split a task by whole batches (`my_batches`): every batch holds the same rows
+whatever the number of processes, so the answers, and the scores, do not depend on it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -17,7 +23,8 @@ from torch import nn
 
 from vlm.data.batches import Collator
 from vlm.data.tokenizer import IMAGE_MARK, Codec
-from vlm.data.vqa_answers import normalize_answer, vqa_accuracy
+from vlm.evaluation.metrics import mc_scores, pope_scores, vqa_scores
+from vlm.model.lm import KVCache
 
 MC_PROMPT = "question: {stem} answer:"
 
@@ -34,18 +41,25 @@ def left_pad(seqs: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.T
 
 @torch.no_grad()
 def generate(model, collate: Collator, codec: Codec, questions: list[str], images: list[bytes | Image.Image],
-             max_new_tokens: int) -> list[str]:
-    """Greedy answers of a VLM to one question about each image (a file's bytes or a decoded image)."""
+             max_new_tokens: int, use_cache: bool = True) -> list[str]:
+    """Greedy answers of a VLM to one question about each image (a file's bytes or a decoded image).
+
+    With `use_cache` the prompt is run once (prefill) and each later call feeds only the newest
+    token; without it every step recomputes the whole sequence (the reference the cache is tested
+    against: the same tokens).
+    """
     prompts = [np.array(codec.prompt(f"{IMAGE_MARK}\n{q}")) for q in questions]
     seqs = [collate.expand(p, np.zeros_like(p))[0] for p in prompts]
     device = next(model.parameters()).device
     ids, mask = (t.to(device) for t in left_pad(seqs, codec.ids["pad"]))
     pixels = collate.image_input(images).to(device)
+    cache = KVCache() if use_cache else None
     eos = codec.ids["eos"]
     out = torch.zeros((len(seqs), 0), dtype=torch.long, device=device)
     done = torch.zeros(len(seqs), dtype=torch.bool, device=device)
+    step_ids, step_pixels = ids, pixels
     for _ in range(max_new_tokens):
-        logits = model(ids, images=pixels, pad_mask=mask)[:, -1]
+        logits = model(step_ids, images=step_pixels, pad_mask=mask, cache=cache)[:, -1]
         nxt = logits.argmax(-1).masked_fill(done, eos)
         out = torch.cat([out, nxt[:, None]], dim=1)
         done |= nxt == eos
@@ -53,6 +67,7 @@ def generate(model, collate: Collator, codec: Codec, questions: list[str], image
             break
         ids = torch.cat([ids, nxt[:, None]], dim=1)
         mask = torch.cat([mask, torch.ones_like(done)[:, None]], dim=1)
+        step_ids, step_pixels = (nxt[:, None], None) if use_cache else (ids, pixels)
     answers = []
     for row in out.tolist():
         row = row[: row.index(eos)] if eos in row else row
@@ -76,38 +91,49 @@ def option_logprobs(lm: nn.Module, codec: Codec, prompt: str, options: list[str]
     return scores
 
 
-def batches(items: list, size: int):
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+def my_batches(n_items: int, batch_size: int, rank: int = 0, world: int = 1) -> list[range]:
+    """The item indices of this process's batches: batch b goes to process b % world."""
+    starts = range(0, n_items, batch_size)
+    return [range(s, min(s + batch_size, n_items)) for b, s in enumerate(starts) if b % world == rank]
 
 
+def answer(model, collate, codec, items: list[dict], question_key: str, load_image: Callable, batch_size: int,
+           max_new_tokens: int, rank: int = 0, world: int = 1) -> dict[int, str]:
+    """{item index: the model's raw answer} for this process's batches of `items`."""
+    preds = {}
+    for batch in my_batches(len(items), batch_size, rank, world):
+        chunk = [items[i] for i in batch]
+        answers = generate(model, collate, codec, [it[question_key] for it in chunk],
+                           [load_image(it["image"]) for it in chunk], max_new_tokens)
+        preds.update(zip(batch, answers, strict=True))
+    return preds
+
+
+def choose(lm: nn.Module, codec: Codec, items: list[dict], rank: int = 0, world: int = 1) -> dict[int, int]:
+    """{item index: the option with the highest log-likelihood} for this process's items."""
+    return {i: int(np.argmax(option_logprobs(lm, codec, MC_PROMPT.format(stem=items[i]["stem"]),
+                                             items[i]["choices"])))
+            for batch in my_batches(len(items), 1, rank, world) for i in batch}
+
+
+def in_order(preds: dict[int, object], n: int) -> list:
+    """A complete {index: prediction} as a list; a missing index is a bug in the split."""
+    missing = sorted(set(range(n)) - set(preds))
+    if missing:
+        raise RuntimeError(f"no prediction for items {missing[:5]} of {n}")
+    return [preds[i] for i in range(n)]
+
+
+# One process, all items: the model's answers and their scores.
 def score_vqa(model, collate, codec, items: list[dict], load_image, batch_size: int, max_new_tokens: int) -> dict:
-    scores, examples = [], []
-    for chunk in batches(items, batch_size):
-        preds = generate(model, collate, codec, [it["question"] for it in chunk],
-                         [load_image(it["image"]) for it in chunk], max_new_tokens)
-        for it, pred in zip(chunk, preds, strict=True):
-            scores.append(vqa_accuracy(pred, it["answers"]))
-            examples.append((it["question"], pred, it["multiple_choice_answer"]))
-    return {"accuracy": float(np.mean(scores)), "examples": examples[:3]}
+    preds = answer(model, collate, codec, items, "question", load_image, batch_size, max_new_tokens)
+    return vqa_scores(items, in_order(preds, len(items)))
 
 
 def score_pope(model, collate, codec, items: list[dict], load_image, batch_size: int, max_new_tokens: int) -> dict:
-    hits, yes = [], 0
-    for chunk in batches(items, batch_size):
-        preds = generate(model, collate, codec, [it["text"] for it in chunk],
-                         [load_image(it["image"]) for it in chunk], max_new_tokens)
-        for it, pred in zip(chunk, preds, strict=True):
-            words = normalize_answer(pred).split()
-            answer = words[0] if words else ""
-            hits.append(answer == it["label"])
-            yes += answer == "yes"
-    return {"accuracy": float(np.mean(hits)), "yes_rate": yes / len(items)}
+    preds = answer(model, collate, codec, items, "text", load_image, batch_size, max_new_tokens)
+    return pope_scores(items, in_order(preds, len(items)))
 
 
 def score_mc(lm: nn.Module, codec: Codec, items: list[dict]) -> dict:
-    hits = []
-    for it in items:
-        scores = option_logprobs(lm, codec, MC_PROMPT.format(stem=it["stem"]), it["choices"])
-        hits.append(int(np.argmax(scores)) == it["answer"])
-    return {"accuracy": float(np.mean(hits))}
+    return mc_scores(items, in_order(choose(lm, codec, items), len(items)))

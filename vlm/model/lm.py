@@ -8,7 +8,7 @@ Table 2 are in `PRESETS`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -87,13 +87,17 @@ class Attention(nn.Module):
         self.q_norm = _norm(cfg.d_head, cfg.norm_eps)
         self.k_norm = _norm(cfg.d_head, cfg.norm_eps)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
+                past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Attention output and this layer's keys and values (the cached `past` ones first)."""
         B, T, _ = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.d_head).permute(2, 0, 3, 1, 4)
         q = apply_rotary(self.q_norm(q), cos, sin)
         k = apply_rotary(self.k_norm(k), cos, sin)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
-        return self.out(y.transpose(1, 2).reshape(B, T, self.n_head * self.d_head))
+        return self.out(y.transpose(1, 2).reshape(B, T, self.n_head * self.d_head)), (k, v)
 
 
 class SwiGLU(nn.Module):
@@ -115,9 +119,26 @@ class Block(nn.Module):
         self.ffn_norm = _norm(cfg.d_model, cfg.norm_eps)
         self.ffn = SwiGLU(cfg)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask)
-        return x + self.ffn(self.ffn_norm(x))
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
+                past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        y, kv = self.attn(self.attn_norm(x), cos, sin, mask, past)
+        x = x + y
+        return x + self.ffn(self.ffn_norm(x)), kv
+
+
+@dataclass
+class KVCache:
+    """The keys and values of every position a decoder has seen, per layer, (B, H, T, d_head) each.
+
+    Greedy decoding fills it with the prompt (prefill), then feeds one new token per call: each
+    step attends to the cached positions instead of recomputing the whole prefix.
+    """
+
+    layers: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+
+    @property
+    def length(self) -> int:
+        return self.layers[0][0].shape[2] if self.layers else 0
 
 
 class LM(nn.Module):
@@ -149,30 +170,46 @@ class LM(nn.Module):
         """(B, T) token ids -> (B, T, d_model) input embeddings."""
         return self.tok_emb(input_ids)
 
-    def forward_embeds(self, embeds: Tensor, pad_mask: Tensor | None = None) -> Tensor:
+    def forward_embeds(self, embeds: Tensor, pad_mask: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
         """(B, T, d_model) embeddings -> (B, T, vocab_size) logits.
 
         pad_mask (B, T), True on real tokens, is for left-padded batches (generation, scoring):
         keys that are padding are masked out. Every position may still attend to itself, so rows
         of padding stay finite. RoPE is relative, so real tokens get the logits of the unpadded
         sequence.
+
+        With a `cache`, `embeds` are the positions after the cached ones; their keys and values are
+        appended to it, and pad_mask (when given) covers the cached positions too: (B, past + T).
         """
         B, T, _ = embeds.shape
-        if T > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {T} tokens is longer than max_seq_len={self.cfg.max_seq_len}")
-        cos, sin = rotary_tables(T, self.cfg.d_head, self.cfg.rope_theta, embeds.device)
+        past = cache.length if cache is not None else 0
+        total = past + T
+        if total > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {total} tokens is longer than max_seq_len={self.cfg.max_seq_len}")
+        cos, sin = rotary_tables(total, self.cfg.d_head, self.cfg.rope_theta, embeds.device)
+        cos, sin = cos[past:], sin[past:]
         mask = None
-        if pad_mask is not None:
-            causal = torch.ones(T, T, dtype=torch.bool, device=embeds.device).tril()
-            mask = causal & pad_mask.bool()[:, None, None, :]
-            mask = mask | torch.eye(T, dtype=torch.bool, device=embeds.device)  # (B, 1, T, T)
-        x = embeds
-        for block in self.blocks:
-            x = block(x, cos, sin, mask)
+        if pad_mask is not None or past:
+            # query i sits at position past + i: it sees keys up to there, and always itself
+            dev = embeds.device
+            mask = torch.ones(T, total, dtype=torch.bool, device=dev).tril(diagonal=past)
+            if pad_mask is not None:
+                if pad_mask.shape != (B, total):
+                    raise ValueError(f"pad_mask of shape {tuple(pad_mask.shape)}; expected {(B, total)}")
+                mask = mask & pad_mask.bool()[:, None, None, :]
+                itself = torch.zeros(T, total, dtype=torch.bool, device=dev)
+                itself[torch.arange(T, device=dev), past + torch.arange(T, device=dev)] = True
+                mask = mask | itself  # (B, 1, T, total)
+        x, layers = embeds, []
+        for i, block in enumerate(self.blocks):
+            x, kv = block(x, cos, sin, mask, cache.layers[i] if past else None)
+            layers.append(kv)
+        if cache is not None:
+            cache.layers = layers
         return self.lm_head(self.norm(x))
 
-    def forward(self, input_ids: Tensor, pad_mask: Tensor | None = None) -> Tensor:
-        return self.forward_embeds(self.embed(input_ids), pad_mask)
+    def forward(self, input_ids: Tensor, pad_mask: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+        return self.forward_embeds(self.embed(input_ids), pad_mask, cache)
 
 
 def masked_lm_loss(logits: Tensor, input_ids: Tensor, loss_mask: Tensor) -> Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from vlm.model.lm import LM, LMConfig
+from vlm.model.lm import LM, KVCache, LMConfig
 from vlm.model.vision import PatchEncoder
 
 
@@ -44,13 +44,15 @@ class VLM(nn.Module):
         return self.projector(feats)
 
     def forward(
-        self, input_ids: Tensor, images: Tensor | None = None, pad_mask: Tensor | None = None
+        self, input_ids: Tensor, images: Tensor | None = None, pad_mask: Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> Tensor:
         """Logits (B, T, vocab_size).
 
         Every sample with an image holds `num_image_tokens` consecutive `image_token_id`s (the
         collator expands one placeholder); `images` holds those samples' images in batch order, as
         pixels or as cached `encoder` outputs (a frozen encoder gives the same features every epoch).
+        `cache`: decoding with a KV cache (LM.forward_embeds); the images go with the prompt's call.
         """
         embeds = self.lm.embed(input_ids)
         is_image = input_ids == self.image_token_id
@@ -71,7 +73,7 @@ class VLM(nn.Module):
             # masked_scatter fills the True positions in row-major order: sample by sample, left to right.
             feats = self.image_embeds(images).to(embeds.dtype)
             embeds = embeds.masked_scatter(is_image.unsqueeze(-1), feats)
-        return self.lm.forward_embeds(embeds, pad_mask)
+        return self.lm.forward_embeds(embeds, pad_mask, cache)
 
 
 def build_vlm(lm_cfg: LMConfig, clip_model: nn.Module, image_token_id: int, freeze_encoder: bool) -> VLM:
