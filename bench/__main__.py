@@ -20,7 +20,8 @@ Figures:
      on one-edit copies that each break one rule, each call timed from interpreter start
      (bench/params_check.py).
   6. evaluation's greedy decoding at 79m, with the KV cache against recomputing the prefix at
-     every step: the same answers, and the speed-up (bench/decode.py).
+     every step: the same answers, and the speed-up (bench/decode.py); on a GPU also in bf16 at
+     evaluate's batch of 64.
 """
 
 from __future__ import annotations
@@ -96,12 +97,13 @@ def figures(results: dict) -> list[tuple[str, str, str, bool | None]]:
     pc = results["params_check"]
     rows.append((f"params check, slowest of {len(pc['cases'])} bad files (good file)",
                  f"{pc['max_bad_seconds']:.2f} s ({pc['good_seconds']:.2f} s)", "< 1 s", pc["max_bad_seconds"] < 1))
-    dec = results["decode"]
-    rows.append((f"greedy decoding, cached / uncached tokens/s ({dec['setup']['preset']}, batch "
-                 f"{dec['setup']['batch']}, {dec['setup']['new_tokens']} new tokens)",
-                 f"{dec['cached']['tokens_per_sec']:,.1f} / {dec['uncached']['tokens_per_sec']:,.1f} = "
-                 f"{dec['speedup']:.2f} (same answers: {dec['same_answers']})", "> 1, same answers",
-                 dec["speedup"] > 1 and dec["same_answers"]))
+    for dec in results["decode"]:
+        setup = dec["setup"]
+        rows.append((f"greedy decoding, cached / uncached tokens/s ({setup['preset']}, {setup['device']}, "
+                     f"batch {setup['batch']}, {setup['new_tokens']} new tokens)",
+                     f"{dec['cached']['tokens_per_sec']:,.1f} / {dec['uncached']['tokens_per_sec']:,.1f} = "
+                     f"{dec['speedup']:.2f} (same answers: {dec['same_answers']})", "> 1, same answers",
+                     dec["speedup"] > 1 and dec["same_answers"]))
     for d in results["data"]:
         rows.append((f"data stage seconds, {d['scale']}x",
                      ", ".join(f"{k} {v:.1f}" for k, v in d["stage_seconds"].items()), "linear in size", None))
@@ -131,8 +133,10 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         results["params_check"] = params_check.measure(Path(tmp), quick=args.quick)
     print("bench: greedy decoding with and without the KV cache ...", flush=True)
-    results["decode"] = decode.measure(
-        decode.DecodeBench("tiny", 300, 16, 8, 2, 3, 1) if args.quick else decode.DecodeBench())
+    results["decode"] = [decode.measure(
+        decode.DecodeBench("tiny", 300, 16, 8, 2, 3, 1) if args.quick else decode.DecodeBench())]
+    if torch.cuda.is_available() and not args.quick:  # evaluate's shape on a GPU: bf16, a full batch
+        results["decode"].append(decode.measure(decode.DecodeBench(batch=64), "cuda"))
     results["data"] = []
     for scale in (1,) if args.quick else (1, 10):
         print(f"bench: data stages at {scale}x ...", flush=True)

@@ -4,11 +4,13 @@ without it (every step recomputes the whole prefix), side by side on the same mo
 The model is a randomly initialised VLM: the LM of the named preset at GPT-NeoX's vocabulary and a
 small open_clip ViT whose patches stand in for an image's tokens (decode time does not depend on
 what the weights learnt). The prompts are questions of different lengths about different images, in
-one left-padded batch; both runs must give the same answers.
+one left-padded batch; both runs must give the same answers. On a GPU (`device` cuda) the model runs
+in bf16 autocast, as `evaluate` runs it there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from dataclasses import asdict, dataclass
@@ -62,17 +64,23 @@ def _setup(b: DecodeBench):
     return vlm, collate, codec, questions, images
 
 
-def measure(b: DecodeBench) -> dict:
+def measure(b: DecodeBench, device: str = "cpu") -> dict:
     """Seconds per batch (the best of `repeats`) and answer tokens per second, cached and uncached."""
     vlm, collate, codec, questions, images = _setup(b)
-    out: dict = {"setup": {**asdict(b), "threads": torch.get_num_threads(),
+    vlm = vlm.to(device)
+    out: dict = {"setup": {**asdict(b), "device": device, "threads": torch.get_num_threads(),
                            "params": sum(p.numel() for p in vlm.lm.parameters())}}
+    autocast = (functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16) if device == "cuda"
+                else contextlib.nullcontext)
     answers = {}
     for name, use_cache in (("uncached", False), ("cached", True)):
         times = []
         for _ in range(b.repeats):
             t0 = time.perf_counter()
-            answers[name] = generate(vlm, collate, codec, questions, images, b.new_tokens, use_cache=use_cache)
+            with autocast():
+                answers[name] = generate(vlm, collate, codec, questions, images, b.new_tokens, use_cache=use_cache)
+            if device == "cuda":
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
         out[name] = {"seconds": min(times), "tokens_per_sec": b.batch * b.new_tokens / min(times)}
     out["same_answers"] = answers["cached"] == answers["uncached"]

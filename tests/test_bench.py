@@ -54,7 +54,7 @@ def test_bench_runs_every_figure_at_a_tiny_size(tmp_path):
     assert img["cooldown_steps"] == params["cooldown"]["steps"]
     assert img["streaming_read_features"]["samples"] == 256
     assert [c["key"] for c in results["params_check"]["cases"]] == ["vision.blank_images", "pretrain.steps"]
-    dec = results["decode"]
+    (dec,) = results["decode"]
     assert dec["same_answers"] and dec["cached"]["tokens_per_sec"] > 0 and dec["uncached"]["tokens_per_sec"] > 0
     figures = [row["figure"] for row in results["table"]]
     assert any(f.startswith("stack / bare") for f in figures) and any("Streaming read" in f for f in figures)
