@@ -2,13 +2,16 @@
 with two training processes (Composer's launcher, gloo). Every Streaming user first removes the shared
 memory that no live process holds (vlm/training/shared_memory.py), so neither run breaks the other's
 datasets, nor a dataset that the test itself holds beside them, and each ends with the results it has
-when run alone.
+when run alone. So that the two really overlap on any machine, the first run is paused (SIGSTOP) while
+its datasets are live until the second has live datasets too: the second run's clean-ups then meet
+live segments of the first.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -31,6 +34,25 @@ AFTER_SHARDS = ["train-encoder", "encode-images", "text-pretrain", "branch-at-fr
 def start(repo: Path, tmp: Path) -> subprocess.Popen:
     return subprocess.Popen(["dvc", "repro"], cwd=repo, env=env_for(repo, TMPDIR=str(tmp)), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and its live descendants, parents first (from the ppid field of /proc/PID/stat)."""
+    parent = {}
+    for entry in Path("/proc").iterdir():
+        with suppress(OSError, ValueError, IndexError):
+            if entry.name.isdigit():
+                parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    tree = [pid]
+    for p in tree:
+        tree.extend(c for c, pp in sorted(parent.items()) if pp == p)
+    return tree
+
+
+def signal_tree(pid: int, sig: int) -> None:
+    for p in process_tree(pid):
+        with suppress(ProcessLookupError):
+            os.kill(p, sig)
 
 
 def streaming_names() -> set[str]:
@@ -83,10 +105,19 @@ def test_two_pipelines_at_once_finish_with_the_results_each_has_alone(tmp_path, 
     assert held and set(held) <= streaming_names() - before
 
     procs = {name: start(repo, tmp) for name, repo in repos.items()}
-    together, deadline = False, time.monotonic() + 1800
+    together, paused, deadline = False, None, time.monotonic() + 1800
     while any(p.poll() is None for p in procs.values()) and time.monotonic() < deadline:
-        together = together or all(live_prefixes(repos).values())
+        live = live_prefixes(repos)
+        together = together or all(live.values())
+        if not together and paused is None and live["one"] and procs["two"].poll() is None:
+            signal_tree(procs["one"].pid, signal.SIGSTOP)  # held live until "two" has datasets too
+            paused = time.monotonic()
+        if paused and (together or procs["two"].poll() is not None or time.monotonic() - paused > 600):
+            signal_tree(procs["one"].pid, signal.SIGCONT)
+            paused = 0.0  # once only
         time.sleep(0.2)
+    if paused:
+        signal_tree(procs["one"].pid, signal.SIGCONT)
     out = {}
     for name, proc in procs.items():
         if proc.poll() is None:

@@ -43,6 +43,14 @@ def test_dvc_exp_show_prints_the_stable_scores_first(tiny):
     assert columns.index("counts.creatures") > columns.index("tasks.vqa.accuracy")  # still shown, after
 
 
+def test_every_stage_but_evaluate_is_kept_in_dvcs_run_cache(tiny):
+    """DVC keeps a run of a stage (to restore, not re-run, when its deps and params come back, as
+    between a study's variants) only if every output is cached or a metric or plot. evaluate alone
+    writes uncached logs."""
+    stages = yaml.safe_load((tiny / "dvc.yaml").read_text())["stages"]
+    assert len(list((tiny / ".dvc/cache/runs").glob("*/*"))) == len(stages) - 1
+
+
 def params_of(repo) -> dict:
     return yaml.safe_load((repo / "params.yaml").read_text())
 
