@@ -1,7 +1,8 @@
 """DVC stage `stream-shard`: write MDS shards per source with a validation split.
 
 Reads data/tokens (from `tokenize`) and the images in data/raw; writes data/shards/ and
-metrics/shards.json (samples and tokens per source and split). With `shard.remote` the shards are
+metrics/shards.json (samples and tokens per source and split; for instructions, how many were cut
+to the context or skipped, vlm/data/fit.py). With `shard.remote` the shards are
 also uploaded there (Streaming's own uploader), and the training stages stream them from it.
 """
 
@@ -26,7 +27,8 @@ def run(cfg: Config) -> None:
     where = f" and uploading them to {remote}" if remote else ""
     print(f"stream-shard: writing MDS shards (seq_len {seq_len}, val {val_fraction:.0%}){where} ...", flush=True)
     with atomic_dir(SHARDS) as tmp:
-        stats = write_shards(sources, codec, RAW, tmp, seq_len, val_fraction, cfg.seed, remote=remote)
+        stats = write_shards(sources, codec, RAW, tmp, seq_len, val_fraction, cfg.seed, cfg.shard.image_tokens,
+                             remote=remote)
         write_json(tmp / "stats.json", stats)
     write_json(METRICS / "shards.json", stats)
     print(f"stream-shard: done in {time.time() - t0:.1f}s", flush=True)

@@ -27,6 +27,7 @@ from vlm.model.vision import (
     image_tensor,
     load_clip,
     load_named,
+    patch_count,
     preprocess_config,
     save_clip,
     tiny_clip_config,
@@ -39,15 +40,25 @@ from vlm.training.trainer import curves_of, make_trainer, seed_everything
 CONTEXT_LENGTH = 32  # caption tokens seen by the encoder's text tower
 
 
-def copy_pretrained(path: Path, model_name: str | None) -> dict:
+def check_image_tokens(model, image_tokens: int, source: str) -> None:
+    """The shards were cut to the context with `shard.image_tokens` per image: it must be the encoder's."""
+    if (n := patch_count(model.visual)) != image_tokens:
+        raise SystemExit(f"train-encoder: {source} yields {n} image tokens per image but `shard.image_tokens` is "
+                         f"{image_tokens}; set shard.image_tokens: {n} (stream-shard cuts instruction samples to "
+                         "the context with it)")
+
+
+def copy_pretrained(path: Path, model_name: str | None, image_tokens: int) -> dict:
     """Check, load and write the user's encoder (under inputs/encoder/) to data/encoder/."""
     print(f"train-encoder: loading {model_name or 'the open_clip folder'} from {path} ({INPUT_ENCODER}/)", flush=True)
     if model_name:  # a built-in open_clip model and its checkpoint: saved in the local-dir layout
         model, model_cfg, pp = load_named(model_name, path)
+        check_image_tokens(model, image_tokens, f"{model_name} ({path})")
         with atomic_dir(ENCODER) as tmp:
             save_clip(model, model_cfg, tmp, pp)
     else:
         model, pp = load_clip(path)  # fails here, with the path, if the folder is not a usable checkpoint
+        check_image_tokens(model, image_tokens, f"the open_clip folder {path}")
         with atomic_dir(ENCODER) as tmp:
             for f in path.iterdir():
                 if f.is_file():
@@ -88,6 +99,6 @@ def train_tiny(cfg: Config) -> dict:
 def run(cfg: Config) -> None:
     t0 = time.time()
     pretrained = Path(cfg.vision.pretrained) if cfg.vision.pretrained else None
-    info = copy_pretrained(pretrained, cfg.vision.model) if pretrained else train_tiny(cfg)
+    info = copy_pretrained(pretrained, cfg.vision.model, cfg.shard.image_tokens) if pretrained else train_tiny(cfg)
     write_metrics("encoder", info, time.time() - t0)
     print(f"train-encoder: done in {time.time() - t0:.1f}s ({info['source']})", flush=True)

@@ -190,6 +190,9 @@ CASES: dict[str, Case] = {
         "`vision.tiny.width`", "`vision.tiny.width` 98 is not divisible by `vision.tiny.heads` 4")),
     "image-size-patch": Case(put(prepare__image_size=32, vision__tiny__patch_size=5), (
         "`vision.tiny.patch_size`", "`prepare.image_size` 32 is not divisible by `vision.tiny.patch_size` 5")),
+    "image-tokens-tiny": Case(put(shard__image_tokens=729), (
+        "`shard.image_tokens`", "`shard.image_tokens` 729 must be the tiny encoder's patches per image",
+        "(prepare.image_size 32 / vision.tiny.patch_size 16)^2 = 4")),
     "text-docs-too-few": Case(put(prepare__n_creatures=32, prepare__n_text_docs=10), (
         "`prepare.n_text_docs`", f"`prepare.n_text_docs` must be >= {min_text_docs(32)}", "got 10")),
     "instruct-creatures-all": Case(put(prepare__n_creatures=32, prepare__n_instruct_creatures=32), (

@@ -90,7 +90,8 @@ def test_local_siglip_and_tokenizer_with_the_network_unavailable(small_world, tm
     ckpt.parent.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in siglip.state_dict().items()}, str(ckpt))
     set_params(repo, **{"tokenize.tokenizer": "inputs/tokenizer/neox/tokenizer.json",
-                        "vision.model": "ViT-B-16-SigLIP", "vision.pretrained": str(ckpt.relative_to(repo))})
+                        "vision.model": "ViT-B-16-SigLIP", "vision.pretrained": str(ckpt.relative_to(repo)),
+                        "shard.image_tokens": 196})  # 224 px in patches of 16
 
     attempts = tmp_path / "attempts.txt"
     for stage in ("prepare", "tokenize", "stream-shard", "train-encoder"):

@@ -54,7 +54,7 @@ def test_preset_carries_table_2(preset):
     # SigLIP at 384 px, patch 14: 729 image tokens
     vision = open_clip.get_model_config(cfg.vision.model)["vision_cfg"]
     assert vision["image_size"] == 384 and "patch14" in vision["timm_model_name"]
-    assert (384 // 14) ** 2 == 729 and cfg.vision.freeze
+    assert (384 // 14) ** 2 == cfg.shard.image_tokens == 729 and cfg.vision.freeze  # cut to the context with them
     assert cfg.prepare.source == "files" and cfg.tokenize.tokenizer.startswith("inputs/tokenizer/")
 
 

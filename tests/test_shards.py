@@ -21,7 +21,7 @@ from vlm.model.vision import image_tensor, preprocess_config
 from vlm.training.data import mixed_dataset
 from vlm.training.shared_memory import remove_stale_segments
 
-SEQ_LEN, VAL_FRACTION, SEED = 16, 0.2, 3
+SEQ_LEN, VAL_FRACTION, SEED, IMAGE_TOKENS = 16, 0.2, 3, 4
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255),
            (128, 0, 0), (0, 128, 0), (0, 0, 128), (128, 128, 0), (0, 128, 128), (128, 0, 128)]
 NAMES = ["red", "green", "blue", "yellow", "cyan", "magenta", "maroon", "dark green", "navy", "olive", "teal",
@@ -60,7 +60,8 @@ def world(tmp_path_factory):
     captions, convs = write_raw(root / "raw")
     (root / "tokens").mkdir()
     sources = encode_sources(codec, texts(), captions, convs, root / "tokens")
-    stats = write_shards(sources, codec, root / "raw", root / "out", SEQ_LEN, VAL_FRACTION, SEED, log=quiet)
+    stats = write_shards(sources, codec, root / "raw", root / "out", SEQ_LEN, VAL_FRACTION, SEED, IMAGE_TOKENS,
+                         log=quiet)
     return codec, root / "raw", sources, root / "out", stats
 
 
@@ -159,6 +160,52 @@ def test_instruct_samples_keep_mask_and_optional_image(world, tmp_path):
             assert sample["image"] == ((raw / image).read_bytes() if image else b"")
 
 
+def test_long_conversations_are_cut_at_a_turn_boundary_or_skipped_and_counted(world, tmp_path):
+    """LLaVA-shaped records through the real tokenizer, with SigLIP-384's 729 tokens per image: a
+    5,000-token chat is cut to its leading whole turns, one whose image sits in a dropped turn loses
+    the image too, and one whose first answer alone is too long is skipped; all counted."""
+    codec, raw, _, _, _ = world
+    captions, convs = write_raw(tmp_path / "raw")
+    long_q = "the red square number 3 is on the left " * 12  # about 100 tokens
+    chat = [{"from": "human", "value": f"{IMAGE_MARK}\nWhat colour is it?"}, {"from": "gpt", "value": "red"}]
+    chat += [{"from": f, "value": long_q} for _ in range(25) for f in ("human", "gpt")]
+    late = [{"from": f, "value": long_q} for _ in range(10) for f in ("human", "gpt")]
+    late += [{"from": "human", "value": f"{IMAGE_MARK}\nAnd this?"}, {"from": "gpt", "value": "blue"}]
+    huge = [{"from": "human", "value": f"{IMAGE_MARK}\nDescribe it."}, {"from": "gpt", "value": long_q * 14}]
+    convs += [{"id": "chat", "image": "images/0.png", "conversations": chat},
+              {"id": "late", "image": "images/1.png", "conversations": late},
+              {"id": "huge", "image": "images/2.png", "conversations": huge}]
+    (tmp_path / "tokens").mkdir()
+    sources = encode_sources(codec, texts(), captions, convs, tmp_path / "tokens")
+    n = len(convs)
+    assert len(sources["instruct"][n - 3]) > 5000
+    stats = write_shards(sources, codec, tmp_path / "raw", tmp_path / "out", SEQ_LEN, VAL_FRACTION, SEED, 729,
+                         log=quiet)
+    fit = {k: sum(stats[f"instruct/{split}"]["fit"][k] for split in SPLITS) for k in ("cut", "skipped")}
+    assert fit == {"cut": 2, "skipped": 1}
+    assert sum(stats[f"instruct/{split}"]["samples"] for split in SPLITS) == n - 1
+    assert "fit" not in stats["captions/train"]
+    samples = {tuple(s["tokens"][:8]): s for split in SPLITS for s in read_all(tmp_path / "out" / "instruct", split)}
+    by_record = [samples.get(tuple(sources["instruct"][i][:8].tolist())) for i in (n - 3, n - 2, n - 1)]
+    cut_chat, cut_late, skipped = by_record
+    assert skipped is None
+    image_id, eos = codec.ids["image"], codec.ids["eos"]
+    dropped = sum(stats[f"instruct/{split}"]["fit"]["tokens_dropped"] for split in SPLITS)
+    assert dropped == sum(len(sources["instruct"][i]) for i in (n - 3, n - 2, n - 1)) - len(
+        cut_chat["tokens"]) - len(cut_late["tokens"])
+    for sample, source in ((cut_chat, n - 3), (cut_late, n - 2)):
+        tokens, whole = sample["tokens"], sources["instruct"][source]
+        assert tokens.tolist() == whole[: len(tokens)].tolist() and len(tokens) < len(whole)
+        assert tokens[-1] == eos and sample["mask"][-1] == 1  # ends on a whole answer
+        assert len(tokens) + int((tokens == image_id).sum()) * 728 <= 2048
+        mask = sources["instruct"].mask_of(source)
+        next_end = next(j + 1 for j in range(len(tokens), len(whole)) if whole[j] == eos and mask[j])
+        assert next_end + int((whole[:next_end] == image_id).sum()) * 728 > 2048  # one more turn would not fit
+    assert (cut_chat["tokens"] == image_id).sum() == 1
+    assert cut_chat["image"] == (tmp_path / "raw/images/0.png").read_bytes()
+    assert (cut_late["tokens"] == image_id).sum() == 0 and cut_late["image"] == b""
+
+
 # ---- stratified mixes ---------------------------------------------------------------------------
 
 def kinds_per_batch(samples: list[dict], batch: int) -> list[tuple[int, int]]:
@@ -236,7 +283,7 @@ def relative_files(folder: Path) -> list[Path]:
 
 def test_writing_twice_gives_identical_files(world, tmp_path):
     codec, raw, sources, out, _ = world
-    write_shards(sources, codec, raw, tmp_path / "again", SEQ_LEN, VAL_FRACTION, SEED, log=quiet)
+    write_shards(sources, codec, raw, tmp_path / "again", SEQ_LEN, VAL_FRACTION, SEED, IMAGE_TOKENS, log=quiet)
     files = relative_files(out)
     assert len(files) == len(SOURCES) * len(SPLITS) * 2  # index.json + one shard each
     assert files == relative_files(tmp_path / "again")
@@ -248,7 +295,7 @@ def test_too_little_text_for_one_row_is_a_clear_error(world, tmp_path):
     codec, raw, sources, _, _ = world
     small = {**sources, "text": Ragged.from_lists([codec.encode("a red star")])}
     with pytest.raises(ValueError, match=r"source `text`: the train split is empty.*seq_len 64"):
-        write_shards(small, codec, raw, tmp_path / "out", 64, 0.0, SEED, log=quiet)
+        write_shards(small, codec, raw, tmp_path / "out", 64, 0.0, SEED, IMAGE_TOKENS, log=quiet)
 
 
 def test_val_split_is_never_silently_empty(world, tmp_path):
@@ -263,7 +310,7 @@ def test_val_split_is_never_silently_empty(world, tmp_path):
     val_tokens = sum(len(sources["text"][i]) + 2 for i in split_indices(n_docs, 0.02, SEED)["val"])
     assert 0 < val_tokens < seq_len  # one held-out document, shorter than a row
     try:
-        stats = write_shards(sources, codec, raw, tmp_path / "out", seq_len, 0.02, SEED, log=quiet)
+        stats = write_shards(sources, codec, raw, tmp_path / "out", seq_len, 0.02, SEED, IMAGE_TOKENS, log=quiet)
     except ValueError as e:
         assert "val" in str(e)
         return

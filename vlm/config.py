@@ -177,6 +177,10 @@ class TokenizeConfig:
 class ShardConfig:
     seq_len: int = spec(8, MAX_SEQ_LEN)
     val_fraction: float = spec(0.0, 0.5, lo_open=True)
+    # The image encoder's tokens per image: instruction samples are cut to MAX_SEQ_LEN positions with
+    # them (vlm/data/fit.py). Checked against the encoder: by the params check for the tiny one, by
+    # train-encoder for a pretrained one.
+    image_tokens: int = spec(1, MAX_SEQ_LEN - 1)
     # Object storage the shards are also uploaded to, and the training stages stream from
     # (e.g. s3://bucket/vlm/shards; credentials and endpoint from the AWS_* / S3_ENDPOINT_URL env).
     remote: str | None = spec()
@@ -528,6 +532,10 @@ def cross_checks(cfg: Config) -> list[str]:
         if p.image_size % vt.patch_size:
             errors.append(f"`prepare.image_size` {p.image_size} is not divisible by "
                           f"`vision.tiny.patch_size` {vt.patch_size}")
+        elif cfg.shard.image_tokens != (grid := (p.image_size // vt.patch_size) ** 2):
+            errors.append(f"`shard.image_tokens` {cfg.shard.image_tokens} must be the tiny encoder's patches per "
+                          f"image: (prepare.image_size {p.image_size} / vision.tiny.patch_size {vt.patch_size})^2 "
+                          f"= {grid}")
     return errors
 
 

@@ -5,6 +5,7 @@ Every sample of every source has the same three columns, so one collator serves 
     mask    ndarray:uint8   1 where the loss applies (all text tokens, captions, assistant answers)
     image   bytes           the encoded image file (PNG/JPEG) or b"" when the sample has none
 Shards are written uncompressed (design.md) and read back by stock `StreamingDataset`.
+Instruction conversations longer than the model's context are cut at a turn boundary here (fit.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from streaming import MDSWriter
 
+from vlm.config import MAX_SEQ_LEN
+from vlm.data.fit import fit_conversation
 from vlm.data.tokenizer import Codec
 from vlm.data.tokens import Ragged
 
@@ -58,7 +61,10 @@ def pack_text(docs: Ragged, idx: np.ndarray, codec: Codec, seq_len: int) -> np.n
     return np.stack(rows) if rows else np.zeros((0, seq_len), np.int32)
 
 
-def _samples(name: str, source: Ragged, idx: np.ndarray, codec: Codec, raw_dir: Path, seq_len: int):
+def _samples(name: str, source: Ragged, idx: np.ndarray, codec: Codec, raw_dir: Path, seq_len: int,
+             image_tokens: int, fit: dict):
+    """The split's samples; instruction ones cut to the context, counted in `fit` (cut, skipped,
+    tokens_dropped)."""
     if name == "text":
         for row in pack_rows(source, idx, codec, seq_len):
             yield {"tokens": row, "mask": np.ones_like(row, dtype=np.uint8), "image": b""}
@@ -68,7 +74,16 @@ def _samples(name: str, source: Ragged, idx: np.ndarray, codec: Codec, raw_dir: 
         if name == "captions":
             ids, mask = codec.caption(source[i].tolist())
         else:
-            ids, mask = source[i], source.mask_of(i)
+            ids, mask = np.asarray(source[i]), np.asarray(source.mask_of(i))
+            keep = fit_conversation(ids, mask, codec.ids["eos"], codec.ids["image"], image_tokens, MAX_SEQ_LEN)
+            if keep < len(ids):
+                fit["skipped" if keep == 0 else "cut"] += 1
+                fit["tokens_dropped"] += len(ids) - keep
+                if keep == 0:
+                    continue
+                ids, mask = ids[:keep], mask[:keep]
+                if not (ids == codec.ids["image"]).any():
+                    image = None  # its placeholder was in a dropped turn
         yield {
             "tokens": np.asarray(ids, dtype=np.int32),
             "mask": np.asarray(mask, dtype=np.uint8),
@@ -78,29 +93,36 @@ def _samples(name: str, source: Ragged, idx: np.ndarray, codec: Codec, raw_dir: 
 
 def write_shards(
     sources: dict[str, Ragged], codec: Codec, raw_dir: Path, out_dir: Path, seq_len: int, val_fraction: float,
-    seed: int, log=print, remote: str | None = None,
+    seed: int, image_tokens: int, log=print, remote: str | None = None,
 ) -> dict:
     """Write out_dir/{source}/{split}/ MDS datasets (also uploaded to `remote`/{source}/{split} when
-    given); returns per-split statistics."""
+    given); returns per-split statistics. `image_tokens`: the encoder's tokens per image, for the
+    instruction samples' length in the model."""
     stats: dict = {}
     for k, name in enumerate(SOURCES):
         splits = split_indices(len(sources[name]), val_fraction, seed + k)
         for split in SPLITS:
             n, tokens, images = 0, 0, 0
+            fit = {"cut": 0, "skipped": 0, "tokens_dropped": 0}
             out = str(out_dir / name / split)
             if remote:  # written here and uploaded as each shard is finished
                 out = (out, f"{remote.rstrip('/')}/{name}/{split}")
             with MDSWriter(out=out, columns=COLUMNS, compression=None, hashes=HASHES, keep_local=True,
                            size_limit=SHARD_SIZE_LIMIT) as writer:
-                for sample in _samples(name, sources[name], splits[split], codec, raw_dir, seq_len):
+                for sample in _samples(name, sources[name], splits[split], codec, raw_dir, seq_len, image_tokens,
+                                       fit):
                     writer.write(sample)
                     n += 1
                     tokens += len(sample["tokens"])
                     images += bool(sample["image"])
             if n == 0:
+                skipped = (f", {fit['skipped']} conversations skipped: their first answer does not fit in "
+                           f"{MAX_SEQ_LEN} positions with {image_tokens} tokens per image (`shard.image_tokens`)"
+                           if fit["skipped"] else "")
                 raise ValueError(
                     f"source `{name}`: the {split} split is empty (records: {len(sources[name])}, seq_len "
-                    f"{seq_len}, val_fraction {val_fraction}); add data or change shard.seq_len / shard.val_fraction"
+                    f"{seq_len}, val_fraction {val_fraction}{skipped}); add data or change shard.seq_len / "
+                    "shard.val_fraction"
                 )
             stats[f"{name}/{split}"] = {
                 "samples": n,
@@ -108,5 +130,10 @@ def write_shards(
                 "images": images,
                 "mean_tokens": tokens / n if n else 0.0,
             }
-            log(f"  {name}/{split}: {n} samples, {tokens} tokens, {images} images")
+            if name == "instruct":
+                stats[f"{name}/{split}"]["fit"] = fit
+            cut = (f"; {fit['cut']} cut to {MAX_SEQ_LEN} positions at a turn boundary, {fit['skipped']} skipped "
+                   f"(first answer too long), {fit['tokens_dropped']} tokens dropped"
+                   if fit["cut"] or fit["skipped"] else "")
+            log(f"  {name}/{split}: {n} samples, {tokens} tokens, {images} images{cut}")
     return stats

@@ -178,6 +178,15 @@ def image_tensor(images: list[Image.Image], preprocess_cfg: dict) -> Tensor:
     return torch.stack([transform(im) for im in images])
 
 
+def patch_count(visual: nn.Module) -> int:
+    """Patch tokens per image of an open_clip ViT tower (open_clip's own or a timm trunk)."""
+    if hasattr(visual, "trunk"):
+        return visual.trunk.patch_embed.num_patches
+    if hasattr(visual, "grid_size"):
+        return visual.grid_size[0] * visual.grid_size[1]
+    raise TypeError(f"a ViT image tower is needed, got {type(visual).__name__}")
+
+
 class PatchEncoder(nn.Module):
     """Penultimate-block patch tokens (no class token) of an open_clip ViT: (B, 3, H, W) -> (B, N, width).
 
@@ -193,13 +202,13 @@ class PatchEncoder(nn.Module):
         if hasattr(self.visual, "trunk"):  # open_clip TimmModel
             trunk = self.visual.trunk
             n_blocks = len(trunk.blocks)
-            self._width, self._num_patches = trunk.embed_dim, trunk.patch_embed.num_patches
+            self._width, self._num_patches = trunk.embed_dim, patch_count(self.visual)
             trunk.prune_intermediate_layers([n_blocks - 2], prune_norm=True, prune_head=True)
             self.visual.head = nn.Identity()
         elif hasattr(self.visual, "transformer"):  # open_clip VisionTransformer
             n_blocks = len(self.visual.transformer.resblocks)
             self._width = self.visual.transformer.width
-            self._num_patches = self.visual.grid_size[0] * self.visual.grid_size[1]
+            self._num_patches = patch_count(self.visual)
             self.visual.prune_intermediate_layers([n_blocks - 2], prune_norm=True, prune_head=True)
         else:
             raise TypeError(f"PatchEncoder needs a ViT image tower, got {type(visual).__name__}")
