@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import time
 
 import pytest
@@ -49,6 +50,18 @@ def test_every_stage_but_evaluate_is_kept_in_dvcs_run_cache(tiny):
     writes uncached logs."""
     stages = yaml.safe_load((tiny / "dvc.yaml").read_text())["stages"]
     assert len(list((tiny / ".dvc/cache/runs").glob("*/*"))) == len(stages) - 1
+
+
+def test_what_is_neither_a_result_nor_in_git_is_ignored_by_git():
+    """Timings, Streaming's local cache of remote shards and resume checkpoints are not DVC outputs
+    and must not show up in `git status` (nor be taken into an experiment's commit)."""
+    from pipeline import paths
+    from vlm.training import resume
+
+    for path in (paths.TIMINGS / "pretrain.csv", paths.STREAM_CACHE / "0123abcd/text/train/index.json",
+                 resume.ROOT / "text-pretrain/0123abcd/ep0-ba10-rank0.pt"):
+        proc = subprocess.run(["git", "check-ignore", "--no-index", "-q", str(path)], cwd=ROOT)
+        assert proc.returncode == 0, f"{path} is not ignored by git (.gitignore)"
 
 
 def params_of(repo) -> dict:
