@@ -7,6 +7,7 @@ the key, before any stage module (and its heavy imports) is loaded.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from vlm.config import ParamError, load
@@ -25,6 +26,13 @@ STAGES = {
     "evaluate": "pipeline.evaluate",
 }
 
+# The stages dvc.yaml starts under Composer's launcher (`composer -n ${train.nproc}`); the others run
+# as one process. On several machines the rendezvous variables (README, "Run at scale") are exported
+# for the launcher: a one-process stage drops them, else its Composer Trainer (train-encoder) would
+# wait for ranks that never come.
+LAUNCHED = ("text-pretrain", "mixed-cooldown", "finetune", "evaluate")
+RENDEZVOUS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or argv[0] not in STAGES:
@@ -35,6 +43,9 @@ def main(argv: list[str]) -> int:
     except ParamError as e:
         print(f"{argv[0]}: bad params, nothing was run:\n{e}", file=sys.stderr)
         return 2
+    if argv[0] not in LAUNCHED:
+        for key in RENDEZVOUS:
+            os.environ.pop(key, None)
     importlib.import_module(STAGES[argv[0]]).run(cfg)
     return 0
 
