@@ -12,15 +12,29 @@ BIN := /opt/venv/bin
 STAMP :=
 endif
 
-.PHONY: install repro test test-all lint check-params study bench clean-venv
+.PHONY: install lock repro test test-all lint check-params study bench clean-venv
 
-$(VENV)/.installed: pyproject.toml
+# Every dependency comes from requirements.lock: exact versions with their hashes (pip refuses any
+# file whose hash differs), for Linux, macOS and Windows, CPU and CUDA alike (on Linux x86-64 the
+# PyPI torch wheel is the CUDA build; without a GPU it runs on the CPU). The project itself is
+# installed without dependencies, then `pip check` fails if pyproject.toml asks for something the
+# lock lacks: run `make lock` after changing a dependency.
+LOCK := requirements.lock
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip check || { echo "pyproject.toml and $(LOCK) disagree: run 'make lock'" >&2; exit 1; }
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-resolve requirements.lock from pyproject.toml (newest versions its bounds allow), hashes included.
+lock:
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	[ -x $(BIN)/uv ] || $(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --generate-hashes --quiet -o $(LOCK)
 
 repro: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro

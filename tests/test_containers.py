@@ -4,6 +4,7 @@ containers/test-image, the container tier of `make test-all`): engine choice, ar
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -98,16 +99,27 @@ def test_a_missing_image_is_built_first_and_says_so(tmp_path):
     assert "image vlm-recipe:cpu not found; building it" in proc.stderr
     args = run_args(proc)
     build = args[: args.index("run")]
-    assert build[0] == "build" and "BASE=docker.io/library/python:3.11-slim-bookworm" in build
+    assert build[0] == "build" and not any(a.startswith("BASE=") for a in build)  # the Containerfile's base
 
 
-def test_the_recipe_installs_dependencies_from_pyproject_before_the_code():
+def test_a_base_image_of_ones_own_is_passed_to_the_build(tmp_path):
+    proc = call(tmp_path, "true", image_exists=False, VLM_IMAGE_KIND="gpu", VLM_BASE_IMAGE="localhost/mybase:1")
+    args = run_args(proc)
+    build = args[: args.index("run")]
+    assert build[build.index("--build-arg") + 1] == "BASE=localhost/mybase:1" and "vlm-recipe:gpu" in build
+
+
+def test_the_recipe_installs_the_locked_dependencies_before_the_code():
     recipe = (ROOT / "containers/Containerfile").read_text()
     code = "\n".join(line for line in recipe.splitlines() if not line.lstrip().startswith("#"))
     assert "torch" not in code and "mosaicml" not in code  # no second dependency list
-    order = [recipe.index(step) for step in ("COPY pyproject.toml", "pip install --no-cache-dir -r", "COPY vlm")]
+    steps = ("COPY requirements.lock", "pip install --no-cache-dir --require-hashes -r", "COPY vlm")
+    order = [code.index(step) for step in steps]
     assert order == sorted(order)  # a code change does not reinstall the dependencies
-    assert "USER vlm" in recipe and "ARG BASE=" in recipe
+    assert "--no-deps" in code and "pip check" in code  # the project adds nothing unlocked
+    assert "USER vlm" in recipe
+    base = re.search(r"^ARG BASE=(\S+)$", code, re.M).group(1)
+    assert re.fullmatch(r"\S+:3\.11-\S+@sha256:[0-9a-f]{64}", base), base  # by digest, the lock's Python
     assert (ROOT / ".containerignore").read_text() == (ROOT / ".dockerignore").read_text()
     ignored = (ROOT / ".containerignore").read_text().split()
     assert {".venv", "data", ".dvc/cache"} <= set(ignored)
