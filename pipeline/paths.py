@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from vlm.config import USER_DATA, USER_ENCODER, USER_TOKENIZER
+from vlm.io import files_digest
 
 # The user's own files (README, "Bring your own data"): each folder a DVC dep of the stage reading it.
 INPUT_DATA, INPUT_TOKENIZER, INPUT_ENCODER = Path(USER_DATA), Path(USER_TOKENIZER), Path(USER_ENCODER)
@@ -21,6 +22,13 @@ LOGS = Path("logs")
 # Wall-clock measurements (seconds, tokens/s): not DVC outputs and not in git, so results that
 # the params and seed determine stay bit-identical from run to run (design.md).
 TIMINGS = Path("timings")
-# Local copies of shards streamed from `shard.remote` (Streaming's cache), keyed by the shards'
-# index (whose sha1 of every shard makes it content-addressed). Not a DVC output, not in git.
+# Each split's MDS index under data/shards: it holds every shard's sha1, so a digest of the indexes
+# names the shards' contents. `shard.remote` keeps the shards under <remote>/<digest>/, and
+# Streaming's local copies of them (not a DVC output, not in git) sit in <STREAM_CACHE>/<digest>/.
+SHARD_INDEXES = "*/*/index.json"
 STREAM_CACHE = Path("cache/streams")
+
+
+def shards_key(shards_dir: Path = SHARDS) -> str:
+    """The shards' content as a short key: the digest of their MDS indexes (each shard's sha1)."""
+    return files_digest(shards_dir, SHARD_INDEXES)[:16]

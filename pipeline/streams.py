@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
-
-from pipeline.paths import SHARDS, STREAM_CACHE
+from pipeline.paths import SHARDS, STREAM_CACHE, shards_key
 from vlm.config import Config
 from vlm.training.data import Source
 
 
 def shards(cfg: Config, name: str) -> Source:
-    """Where the training stages read source `name`: data/shards/<name>, or with `shard.remote` its
-    uploaded copy, streamed into a local cache keyed by the remote and the shards' index files (which
-    hold every shard's sha1), so a changed dataset never reads stale cached shards."""
+    """Where the training stages read source `name`: data/shards/<name>, or with `shard.remote` the
+    copy stream-shard uploaded to <remote>/<content key>/<name>, streamed into a local cache under
+    the same key and checked shard by shard against the index's sha1 (vlm/training/data.py). Two
+    experiments with other shards on the same remote never read each other's."""
     if cfg.shard.remote is None:
         return SHARDS / name
-    remote = f"{cfg.shard.remote.rstrip('/')}/{name}"
-    h = hashlib.sha256(remote.encode())
-    for index in sorted((SHARDS / name).glob("*/index.json")):  # one per split
-        h.update(index.read_bytes())
-    return STREAM_CACHE / h.hexdigest()[:16] / name, remote
+    key = shards_key()
+    return STREAM_CACHE / key / name, f"{cfg.shard.remote.rstrip('/')}/{key}/{name}"

@@ -16,6 +16,8 @@ import pytest
 from dvcrepo import make_repo, run
 from moto.server import ThreadedMotoServer
 
+from pipeline.paths import shards_key
+
 pytestmark = pytest.mark.slow
 
 
@@ -52,27 +54,57 @@ def digests(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_shards_upload_to_s3_and_training_streams_them_back(s3, tiny_baseline, tmp_path):
+def test_shards_upload_to_s3_under_their_content_key_and_training_streams_them_back(s3, tiny_baseline, tmp_path):
     env = {k: v for k, v in s3.items() if k != "client"}
     repo = make_repo(tmp_path / "repo", **{"shard.remote": "s3://vlm-shards/tiny"})
     proc = run(repo, "dvc", "repro", "text-pretrain", env=env)
-    assert "uploading them to s3://vlm-shards/tiny" in proc.stdout
+    key = shards_key(repo / "data/shards")
+    assert f"uploading the shards to s3://vlm-shards/tiny/{key}" in proc.stdout
 
     uploaded = objects(s3["client"], "vlm-shards", "tiny/")
+    assert uploaded and all(name.startswith(f"tiny/{key}/") for name in uploaded)
     for source in ("text", "captions", "instruct"):
         for split in ("train", "val"):
             index = json.loads((repo / f"data/shards/{source}/{split}/index.json").read_text())
             names = {s["raw_data"]["basename"] for s in index["shards"]}
-            assert {f"tiny/{source}/{split}/{n}" for n in names | {"index.json"}} <= set(uploaded)
+            assert {f"tiny/{key}/{source}/{split}/{n}" for n in names | {"index.json"}} <= set(uploaded)
             assert all(s["raw_data"]["hashes"]["sha1"] for s in index["shards"])  # the index pins the contents
 
-    # text-pretrain read the uploaded copy through Streaming's local cache, not data/shards
-    cached = list((repo / "cache/streams").glob("*/text/train/shard.*.mds"))
+    # text-pretrain read the uploaded copy through Streaming's local cache (under the same key), not data/shards
+    cached = list((repo / "cache/streams" / key).glob("text/train/shard.*.mds"))
     assert cached, "no shard was streamed from the remote"
     assert {p.read_bytes() for p in cached} <= {p.read_bytes() for p in (repo / "data/shards/text/train").glob("*.mds")}
     # and trained the same model as from the local shards (the session's tiny run)
     first = json.loads((tiny_baseline.parent / "first-metrics-pretrain.json").read_text())
     assert json.loads((repo / "metrics/pretrain.json").read_text())["val_loss"] == first["val_loss"]
+
+
+def test_two_experiments_on_one_remote_never_read_each_others_shards(s3, tmp_path):
+    """Two experiments with other shards (another validation split) upload to the same `shard.remote`:
+    each lands under its own content key. A shard changed on the remote after upload (here: the other
+    experiment's bytes under this one's name) stops training with Streaming's checksum failure."""
+    env = {k: v for k, v in s3.items() if k != "client"}
+    client = s3["client"]
+    a = make_repo(tmp_path / "a", **{"shard.remote": "s3://vlm-shards/shared"})
+    b = make_repo(tmp_path / "b", **{"shard.remote": "s3://vlm-shards/shared", "shard.val_fraction": 0.2})
+    run(a, "dvc", "repro", "stream-shard", env=env)
+    run(b, "dvc", "repro", "stream-shard", env=env)
+    ka, kb = shards_key(a / "data/shards"), shards_key(b / "data/shards")
+    assert ka != kb
+    assert {name.split("/")[1] for name in objects(client, "vlm-shards", "shared/")} == {ka, kb}
+    for repo, key in ((a, ka), (b, kb)):  # each key holds exactly its own experiment's indexes
+        for index in (repo / "data/shards").glob("*/*/index.json"):
+            rel = index.relative_to(repo / "data/shards").as_posix()
+            remote = client.get_object(Bucket="vlm-shards", Key=f"shared/{key}/{rel}")["Body"].read()
+            assert remote == index.read_bytes(), rel
+
+    shard = "text/train/shard.00000.mds"
+    other = client.get_object(Bucket="vlm-shards", Key=f"shared/{kb}/{shard}")["Body"].read()
+    assert other != (a / "data/shards" / shard).read_bytes()
+    client.put_object(Bucket="vlm-shards", Key=f"shared/{ka}/{shard}", Body=other)
+    proc = run(a, "dvc", "repro", "text-pretrain", env=env, check=False)
+    assert proc.returncode != 0
+    assert "Checksum failure" in proc.stdout + proc.stderr and "shard.00000.mds" in proc.stdout + proc.stderr
 
 
 def test_dvc_pushes_and_pulls_every_artifact_through_s3(s3, tmp_path):

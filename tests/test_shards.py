@@ -315,3 +315,21 @@ def test_val_split_is_never_silently_empty(world, tmp_path):
         assert "val" in str(e)
         return
     assert stats["text/val"]["samples"] > 0, "text/val was written with 0 samples and no error"
+
+
+def test_upload_copies_every_split_under_the_remote_and_the_key_names_the_content(world, tmp_path):
+    """`shard.remote` as a folder (Streaming's uploader takes URLs and folders alike); the content key
+    of the copy is the original's, and any changed index changes it."""
+    from pipeline.paths import shards_key
+    from vlm.data.shards import upload_shards
+
+    _, _, _, out, _ = world
+    remote = tmp_path / "remote"
+    count = upload_shards(out, f"{remote}/{shards_key(out)}", log=quiet)
+    copy = remote / shards_key(out)
+    assert relative_files(copy) == [p for p in relative_files(out) if p.name != "stats.json"]
+    assert count == len(relative_files(copy))
+    assert all((copy / p).read_bytes() == (out / p).read_bytes() for p in relative_files(copy))
+    assert shards_key(copy) == shards_key(out)
+    (copy / "text/val/index.json").write_text("{}")
+    assert shards_key(copy) != shards_key(out)

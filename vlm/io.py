@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -63,3 +64,13 @@ def write_json(path: str | Path, obj, sort_keys: bool = True) -> None:
 def read_json(path: str | Path):
     with Path(path).open() as f:
         return json.load(f)
+
+
+def files_digest(root: str | Path, pattern: str) -> str:
+    """sha256 (hex) of the files under `root` matching `pattern`: their relative names and contents,
+    in sorted order. The same files anywhere give the same digest."""
+    h = hashlib.sha256()
+    root = Path(root)
+    for path in sorted(root.glob(pattern)):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from streaming import MDSWriter
+from streaming.base.storage.upload import CloudUploader
 
 from vlm.config import MAX_SEQ_LEN
 from vlm.data.fit import fit_conversation
@@ -93,21 +94,17 @@ def _samples(name: str, source: Ragged, idx: np.ndarray, codec: Codec, raw_dir: 
 
 def write_shards(
     sources: dict[str, Ragged], codec: Codec, raw_dir: Path, out_dir: Path, seq_len: int, val_fraction: float,
-    seed: int, image_tokens: int, log=print, remote: str | None = None,
+    seed: int, image_tokens: int, log=print,
 ) -> dict:
-    """Write out_dir/{source}/{split}/ MDS datasets (also uploaded to `remote`/{source}/{split} when
-    given); returns per-split statistics. `image_tokens`: the encoder's tokens per image, for the
-    instruction samples' length in the model."""
+    """Write out_dir/{source}/{split}/ MDS datasets; returns per-split statistics. `image_tokens`: the
+    encoder's tokens per image, for the instruction samples' length in the model."""
     stats: dict = {}
     for k, name in enumerate(SOURCES):
         splits = split_indices(len(sources[name]), val_fraction, seed + k)
         for split in SPLITS:
             n, tokens, images = 0, 0, 0
             fit = {"cut": 0, "skipped": 0, "tokens_dropped": 0}
-            out = str(out_dir / name / split)
-            if remote:  # written here and uploaded as each shard is finished
-                out = (out, f"{remote.rstrip('/')}/{name}/{split}")
-            with MDSWriter(out=out, columns=COLUMNS, compression=None, hashes=HASHES, keep_local=True,
+            with MDSWriter(out=str(out_dir / name / split), columns=COLUMNS, compression=None, hashes=HASHES,
                            size_limit=SHARD_SIZE_LIMIT) as writer:
                 for sample in _samples(name, sources[name], splits[split], codec, raw_dir, seq_len, image_tokens,
                                        fit):
@@ -137,3 +134,20 @@ def write_shards(
                    if fit["cut"] or fit["skipped"] else "")
             log(f"  {name}/{split}: {n} samples, {tokens} tokens, {images} images{cut}")
     return stats
+
+
+def upload_shards(shards_dir: Path, remote: str, log=print) -> int:
+    """Copy every {source}/{split} dataset of `shards_dir` to `remote`/{source}/{split} with
+    Streaming's uploader (any URL it knows: s3://, gs://, oci://, a folder...). Each split's index
+    goes last, so a dataset cut short on the way has no index to be read by. Returns the file count."""
+    count = 0
+    for split_dir in sorted(p.parent for p in shards_dir.glob("*/*/index.json")):
+        rel = split_dir.relative_to(shards_dir).as_posix()
+        uploader = CloudUploader.get(out=(str(split_dir), f"{remote.rstrip('/')}/{rel}"), keep_local=True,
+                                     exist_ok=True)
+        names = sorted(f.name for f in split_dir.iterdir() if f.is_file() and f.name != "index.json")
+        for name in [*names, "index.json"]:
+            uploader.upload_file(name)
+        count += len(names) + 1
+        log(f"  uploaded {rel}: {len(names)} shards and index.json")
+    return count

@@ -32,8 +32,10 @@ def _remove_stale_shared_memory_once() -> None:
 
 
 def _location(src: Source) -> dict[str, str | None]:
+    """Streaming's arguments for a source; a remote one has every downloaded shard checked against
+    the sha1 its index holds (a shard changed or cut short on the way fails loudly)."""
     local, remote = src if isinstance(src, tuple) else (src, None)
-    return {"local": str(local), "remote": remote}
+    return {"local": str(local), "remote": remote, "validate_hash": "sha1" if remote else None}
 
 
 # Streaming prepares samples ahead in two background threads that, once `predownload` samples are
