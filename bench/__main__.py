@@ -22,6 +22,8 @@ Figures:
   6. evaluation's greedy decoding at 79m, with the KV cache against recomputing the prefix at
      every step: the same answers, and the speed-up (bench/decode.py); on a GPU also in bf16 at
      evaluate's batch of 64.
+  7. the `cpu` params' price: training steps with the committed pins against the machine's best
+     kernels on every core, each in a fresh process (bench/cpu_pinning.py).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from bench import data_rates, decode, image_steps, params_check, stack
+from bench import cpu_pinning, data_rates, decode, image_steps, params_check, stack
 from vlm.config import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,6 +106,11 @@ def figures(results: dict) -> list[tuple[str, str, str, bool | None]]:
                      f"{dec['cached']['tokens_per_sec']:,.1f} / {dec['uncached']['tokens_per_sec']:,.1f} = "
                      f"{dec['speedup']:.2f} (same answers: {dec['same_answers']})", "> 1, same answers",
                      dec["speedup"] > 1 and dec["same_answers"]))
+    pin = results["cpu_pinning"]
+    rows.append((f"training tokens/s, `cpu` pinned ({pin['pinned']['capability']}, {pin['pinned']['threads']} threads) "
+                 f"/ native ({pin['native']['capability']}, {pin['native']['threads']})",
+                 f"{pin['pinned']['tokens_per_sec']:,.0f} / {pin['native']['tokens_per_sec']:,.0f} = "
+                 f"{pin['pinned_over_native']:.2f} (same weights: {pin['same_weights']})", "-", None))
     for d in results["data"]:
         rows.append((f"data stage seconds, {d['scale']}x",
                      ", ".join(f"{k} {v:.1f}" for k, v in d["stage_seconds"].items()), "linear in size", None))
@@ -137,6 +144,10 @@ def main(argv: list[str]) -> int:
         decode.DecodeBench("tiny", 300, 16, 8, 2, 3, 1) if args.quick else decode.DecodeBench())]
     if torch.cuda.is_available() and not args.quick:  # evaluate's shape on a GPU: bf16, a full batch
         results["decode"].append(decode.measure(decode.DecodeBench(batch=64), "cuda"))
+    print("bench: training steps with the `cpu` params' pinned kernels and threads, and without ...", flush=True)
+    vocab = 300 if args.quick else json.loads((ROOT / "metrics/tokens.json").read_text())["vocab_size"]
+    results["cpu_pinning"] = cpu_pinning.measure(cfg, vocab, *((32, 4, 1, 2) if args.quick else
+                                                               (cfg.shard.seq_len, cfg.pretrain.batch_size)))
     results["data"] = []
     for scale in (1,) if args.quick else (1, 10):
         print(f"bench: data stages at {scale}x ...", flush=True)

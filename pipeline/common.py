@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import functools
+import importlib.metadata
+import os
+import platform
 from pathlib import Path
 
+import torch
 import yaml
 
 from pipeline.paths import LOGS, METRICS, TIMINGS, TOKENS
@@ -71,7 +75,39 @@ def curve_paths(stage: str) -> dict[str, Path]:
     return {"curves": LOGS / f"{stage}.csv", "timings": TIMINGS / f"{stage}.csv"}
 
 
+# The packages whose versions a result records (metrics/<stage>.json, "environment").
+RECORDED_PACKAGES = ("torch", "mosaicml", "mosaicml-streaming", "open-clip-torch", "tokenizers", "dvc", "numpy")
+
+
+def environment(device: str = "auto") -> dict:
+    """What a training or evaluation result was made with: Python and package versions (pinned by
+    requirements.lock) and the device: on a CPU, ATen's kernel level and the threads, which choose the
+    float rounding (the `cpu` params fix both). Nothing machine-specific beyond that, so that the same
+    results on another machine give the same dvc.lock; the machine itself goes to timings/."""
+    env = {"python": platform.python_version(),
+           **{name: importlib.metadata.version(name) for name in RECORDED_PACKAGES}}
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        return {**env, "device": torch.cuda.get_device_name(), "cuda": torch.version.cuda}
+    return {**env, "device": "cpu", "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads()}
+
+
+def machine() -> dict:
+    """The machine a stage ran on (timings/ only: it differs between machines that agree on results)."""
+    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines()
+                  if line.startswith("model name")), platform.processor() or platform.machine())
+    return {"cpu": model, "cores": os.cpu_count()}
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        return ""
+
+
 def write_metrics(stage: str, results: dict, seconds: float) -> None:
-    """Results to metrics/<stage>.json (DVC-hashed); the wall-clock time to timings/<stage>.json."""
-    write_json(METRICS / f"{stage}.json", results)
-    write_json(TIMINGS / f"{stage}.json", {"seconds": round(seconds, 1)})
+    """Results and their environment to metrics/<stage>.json (DVC-hashed); the wall-clock time and
+    the machine to timings/<stage>.json."""
+    write_json(METRICS / f"{stage}.json", {**results, "environment": environment()})
+    write_json(TIMINGS / f"{stage}.json", {"seconds": round(seconds, 1), "machine": machine()})

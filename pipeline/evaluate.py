@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from composer.utils import dist
 
-from pipeline.common import codec, feature_store, image_collator
+from pipeline.common import codec, environment, feature_store, image_collator, machine
 from pipeline.paths import COOLDOWN, ENCODER, FEATURES, FINETUNE, PRETRAIN, RAW, TIMINGS
 from vlm.config import Config
 from vlm.data import readers
@@ -162,11 +162,12 @@ def run(cfg: Config) -> None:
         metrics["missing_groups"] = ", ".join(missing)
         log(f"no {' or '.join(missing)} task in data/raw/eval/tasks.json, so no "
             f"{', '.join(g + '_stable' for g in missing)}; stable_mean is over the groups present")
+    metrics["environment"] = environment(device.type)
     if dist.get_global_rank() == 0:
         write_json(METRICS, metrics, sort_keys=False)
         write_json(PLOT, plot_rows(phases))
         write_json(DIAGNOSTICS, diagnostics)
         write_json(EXAMPLES, {p: r["vqa"]["examples"] for p, r in phases.items() if "vqa" in r})
-        write_json(TIMINGS / "evaluate.json", {"seconds": round(time.time() - t0, 1)})
+        write_json(TIMINGS / "evaluate.json", {"seconds": round(time.time() - t0, 1), "machine": machine()})
     log(f"done in {time.time() - t0:.0f}s; " + ", ".join(
         f"{k} {metrics[k]:.3f} ± {metrics.get(k + '_se') or 0:.3f}" for k in SCORES if k in metrics))

@@ -56,6 +56,9 @@ def test_bench_runs_every_figure_at_a_tiny_size(tmp_path):
     assert [c["key"] for c in results["params_check"]["cases"]] == ["vision.blank_images", "pretrain.steps"]
     (dec,) = results["decode"]
     assert dec["same_answers"] and dec["cached"]["tokens_per_sec"] > 0 and dec["uncached"]["tokens_per_sec"] > 0
+    pin = results["cpu_pinning"]
+    assert pin["pinned"]["cpu"] == params["cpu"] and pin["native"]["cpu"] == {"threads": 0, "kernels": "native"}
+    assert pin["pinned"]["threads"] == params["cpu"]["threads"] and pin["pinned_over_native"] > 0
     figures = [row["figure"] for row in results["table"]]
     assert any(f.startswith("stack / bare") for f in figures) and any("Streaming read" in f for f in figures)
     for row in results["table"]:  # the printed table: every figure with its target

@@ -118,6 +118,25 @@ def test_full_repro_ends_in_metrics_for_every_phase(tiny):
     assert not list((tiny / "checkpoints").rglob("*.pt"))  # resume checkpoints go once a stage is done
 
 
+def test_every_training_and_evaluation_result_records_its_environment(tiny):
+    """Versions and device in the DVC-hashed metrics; the machine itself only in timings/ (untracked),
+    so that two machines that give the same results give the same dvc.lock."""
+    import importlib.metadata
+    import platform
+
+    from pipeline.__main__ import has_avx2
+    from pipeline.common import RECORDED_PACKAGES
+    for name in ("encoder", "features", "pretrain", "cooldown", "finetune", "eval"):
+        env = json.loads((tiny / f"metrics/{name}.json").read_text())["environment"]
+        assert env["python"] == platform.python_version(), name
+        assert {p: env[p] for p in RECORDED_PACKAGES} == {p: importlib.metadata.version(p) for p in RECORDED_PACKAGES}
+        assert env["device"] == "cpu" and env["threads"] == 2  # the `cpu` params
+        assert env["cpu_capability"] == "AVX2" or not has_avx2()
+        assert not {"cpu", "cores", "machine"} & set(env), name
+        timing = "evaluate" if name == "eval" else name
+        assert json.loads((tiny / f"timings/{timing}.json").read_text())["machine"]["cpu"], name
+
+
 def test_the_runs_learn(tiny):
     """Validation loss falls over the text run and every training loss falls; all values finite."""
     val = json.loads((tiny / "metrics/pretrain.json").read_text())["val_loss"]

@@ -1,0 +1,52 @@
+"""The same weights on any x86-64 CPU with AVX2 (the `cpu` params, applied by `python -m pipeline`).
+
+Other machines cannot be tried here, so the environment stands in for them: the variables each
+library reads to choose its kernels (ATen's capability level, MKL's code path, oneDNN's instruction
+set) and its threads are set as another CPU would have them chosen (no vector kernels, MKL's
+compatible path, one core). Pinned, the stages must give this machine's weights bit for bit; with
+`cpu.kernels: native` and `cpu.threads: 0` the same stand-in must change them, or it proves nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from dvcrepo import make_repo, run, set_params
+
+from pipeline.__main__ import has_avx2
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not has_avx2(), reason="needs an AVX2 CPU")]
+
+ANOTHER_CPU = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41",
+               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+STAGES = ("train-encoder", "text-pretrain")  # a convolution (oneDNN) and the LM (ATen, MKL)
+
+
+def weights(repo: Path) -> dict[str, str]:
+    return {str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for folder in ("data/encoder", "data/pretrain") for p in sorted((repo / folder).rglob("*"))
+            if p.is_file()}
+
+
+def train_again(repo: Path, env: dict) -> dict[str, str]:
+    for stage in STAGES:
+        cmd = ["composer", "-n", "1", "-m", "pipeline", stage] if stage == "text-pretrain" else \
+            ["python", "-m", "pipeline", stage]
+        run(repo, *cmd, env=env)
+    return weights(repo)
+
+
+def test_pinned_kernels_and_threads_give_the_same_weights_as_on_another_cpu(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    run(repo, "dvc", "repro", *STAGES)
+    here = weights(repo)
+    assert len(here) >= 4
+
+    assert train_again(repo, ANOTHER_CPU) == here  # pinned: the stand-in changes nothing
+
+    set_params(repo, **{"cpu.kernels": "native", "cpu.threads": 0})
+    unpinned = train_again(repo, ANOTHER_CPU)
+    assert unpinned.keys() == here.keys()
+    assert unpinned != here  # the stand-in does change the rounding when nothing pins it
