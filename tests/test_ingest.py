@@ -6,6 +6,7 @@ record is skipped and counted, and fails the source only above `prepare.max_bad_
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import tarfile
@@ -14,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from PIL import Image
-from userdata import COCO, write_every_format, write_jsonl, write_tar
+from userdata import COCO, write_as_distributed, write_every_format, write_jsonl, write_tar
 
 from vlm.config import FilesConfig, build
 from vlm.data import readers
@@ -45,8 +46,8 @@ def every_format(small_world, tmp_path_factory):
     return small_world, params, root / "raw"
 
 
-def test_every_format_comes_back_as_the_world_it_was_made_from(every_format):
-    world, params, raw = every_format
+def assert_the_world(world: Path, raw: Path, pope: str) -> None:
+    """data/raw written from a user's files holds `world`'s records, images and tasks."""
     assert readers.read_text(raw / "text.jsonl") == readers.read_text(world / "text.jsonl")
     got, want = readers.read_captions(raw / "captions.jsonl"), readers.read_captions(world / "captions.jsonl")
     assert [c for _, c in got] == [c for _, c in want]
@@ -60,24 +61,56 @@ def test_every_format_comes_back_as_the_world_it_was_made_from(every_format):
     assert len(list((raw / "images/instruct").iterdir())) == len({r["image"] for r in want if "image" in r})
 
     tasks = json.loads((raw / "eval/tasks.json").read_text())
-    assert set(tasks) == {"vqa", "pope_random", "text_mc"}  # the split named in coco_pope_random.jsonl
+    assert set(tasks) == {"vqa", pope, "text_mc"}
     got = readers.read_vqa(raw / "eval/vqa_questions.json", raw / "eval/vqa_annotations.json", raw / "eval")
     want = readers.read_vqa(world / "eval/vqa_questions.json", world / "eval/vqa_annotations.json",
                             world / "eval/images")
     assert [(g["question"], g["answers"], g["answer_type"]) for g in got] == [
         (w["question"], w["answers"], w["answer_type"]) for w in want]
     assert [g["image"].read_bytes() for g in got] == [w["image"].read_bytes() for w in want]
-    got, want = readers.read_pope(raw / "eval/pope_random.jsonl"), readers.read_pope(world / "eval/pope.jsonl")
+    got, want = readers.read_pope(raw / f"eval/{pope}.jsonl"), readers.read_pope(world / "eval/pope.jsonl")
     assert [(g["text"], g["label"], g["image"].read_bytes()) for g in got] == [
         (w["text"], w["label"], w["image"].read_bytes()) for w in want]  # "Yes" in the file reads as "yes"
     assert readers.read_mc(raw / "eval/text_mc.jsonl") == readers.read_mc(world / "eval/text_mc.jsonl")
-    assert tasks["text_mc"]["chance"] == 0.25 and tasks["pope_random"]["chance"] == 0.5
+    assert tasks["text_mc"]["chance"] == 0.25 and tasks[pope]["chance"] == 0.5
     assert 0 < tasks["vqa"]["chance"] < 1
+
+
+def test_every_format_comes_back_as_the_world_it_was_made_from(every_format):
+    world, params, raw = every_format
+    assert_the_world(world, raw, "pope_random")  # the split named in coco_pope_random.jsonl
 
     index = json.loads((raw / "sources.json").read_text())
     assert index["sources"]["prepare.files.captions[0]"]["kept"] == 10
     assert all(s["skipped"] == 0 for s in index["sources"].values())
     assert index["read"]["prepare.files.text[2]"] == [params["text"][2]["path"].replace("*", "c")]
+
+
+def test_the_sets_as_distributed_come_back_as_the_world(small_world, tmp_path):
+    """gzip'd JSON and JSON lines, DataComp's `shards/` folder (its Parquet and stats files beside the
+    tars are metadata, not samples) and ARC in Parquet: the same world as the plain files give."""
+    params = write_as_distributed(small_world, tmp_path / "inputs")
+    ingest(params, tmp_path / "raw")
+    assert_the_world(small_world, tmp_path / "raw", "pope_adversarial")
+    index = json.loads((tmp_path / "raw/sources.json").read_text())
+    assert [Path(p).name for p in index["read"]["prepare.files.captions[0]"]] == ["00000000.tar", "00000001.tar"]
+    assert all(s["skipped"] == 0 for s in index["sources"].values())
+
+
+def test_a_folder_is_read_only_as_a_caption_sources_shards(tmp_path):
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards/00000000.parquet").write_bytes(b"")
+    with pytest.raises(DataError, match=r"`prepare.files.captions\[0\].path`: the folder .* holds no \*.tar"):
+        resolve(files_config({"captions": [{"path": str(tmp_path / "shards")}]}))
+    with pytest.raises(DataError, match=r"`prepare.files.text\[0\].path`: .* matches no file \(a folder is taken"):
+        resolve(files_config({"text": [{"path": str(tmp_path / "shards")}]}))
+
+
+def test_a_corrupt_gzip_file_is_a_clear_error_naming_it(tmp_path):
+    path = tmp_path / "llava.json.gz"
+    path.write_bytes(gzip.compress(b'[{"id": "a", "conversations": []}]')[:-12])  # cut short
+    with pytest.raises(DataError, match=r"llava.json.gz: cannot decompress"):
+        list(readers.json_list_records(path))
 
 
 def test_the_same_files_give_the_same_bytes(every_format, tmp_path):

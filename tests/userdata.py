@@ -1,8 +1,10 @@
 """A user's own files in every format `prepare.source: files` reads, made from a synthetic world.
 
 `write_every_format` spreads one world's products over all the formats (so what `prepare` writes
-back can be compared with the world itself); `write_folder_only` uses only a folder of images with
-a captions JSONL, LLaVA JSON and VQAv2 files. Both return the `prepare.files` params.
+back can be compared with the world itself); `write_as_distributed` (pipeline/rehearsal.py) writes the same world
+whole in the compressed and columnar forms the real sets come in (gzip, DataComp's `shards/`
+folder, ARC Parquet); `write_folder_only` uses only a folder of images with a captions JSONL, LLaVA JSON and
+VQAv2 files. Each returns the `prepare.files` params.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 import zstandard
+
+from pipeline.rehearsal import write_as_distributed  # noqa: F401  (the real sets' forms: gzip, DataComp, Parquet)
 
 COCO = "COCO_val2014_{image_id:012d}.jpg"
 

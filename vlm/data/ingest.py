@@ -47,8 +47,14 @@ from vlm.data.readers import (
 from vlm.data.vqa_answers import answer_prior_accuracy
 
 VQA_ANSWERS = 10  # VQAv2's accuracy is a mean over leaving each of ten human answers out
-EXTENSIONS = {".jsonl": "jsonl", ".zst": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".csv": "csv",
-              ".tar": "webdataset", ".tgz": "webdataset", ".gz": "webdataset"}
+# The format of a file's name ending, longest endings first: `.tar.gz` is WebDataset, `.jsonl.gz`
+# JSON lines (.gz and .zst text is decompressed as it is read, vlm/data/readers.py).
+EXTENSIONS = ((".tar.gz", "webdataset"), (".tgz", "webdataset"), (".tar", "webdataset"),
+              (".jsonl.gz", "jsonl"), (".json.gz", "jsonl"), (".jsonl.zst", "jsonl"), (".zst", "jsonl"),
+              (".jsonl", "jsonl"), (".json", "jsonl"), (".parquet", "parquet"), (".csv", "csv"))
+# A folder given as a caption source: its WebDataset tars. DataComp's and img2dataset's `shards/`
+# keep beside each tar a Parquet file and a `_stats.json` of metadata, which hold no samples.
+SHARD_FOLDER_GLOBS = ("*.tar", "*.tar.gz", "*.tgz")
 IMAGE_SUFFIX = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
 
 
@@ -58,11 +64,29 @@ def key_of(role: str, i: int) -> str:
 
 # ---- before reading: every path exists ------------------------------------------------------------
 
-def _paths(pattern: str, key: str) -> list[Path]:
-    """The files a path or glob names, sorted (so the output does not depend on the file system)."""
-    found = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+def format_of(path: Path) -> str:
+    """The format its name's ending says ("" if none does)."""
+    name = path.name.lower()
+    return next((fmt for ending, fmt in EXTENSIONS if name.endswith(ending)), "")
+
+
+def _is_jsonl(path: Path) -> bool:
+    """JSON lines (`.jsonl`, compressed or not) rather than one JSON document."""
+    return path.name.lower().removesuffix(".gz").removesuffix(".zst").endswith(".jsonl")
+
+
+def _paths(pattern: str, key: str, folder_globs: tuple[str, ...] = ()) -> list[Path]:
+    """The files a path or glob names, sorted (so the output does not depend on the file system);
+    a folder, for a role that takes one, stands for its files matching `folder_globs`."""
+    if folder_globs and Path(pattern).is_dir():
+        found = sorted({p for g in folder_globs for p in Path(pattern).glob(g) if p.is_file()})
+        if not found:
+            raise DataError(f"`{key}`: the folder {pattern!r} holds no {' / '.join(folder_globs)} file")
+    else:
+        found = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
     if not found:
-        raise DataError(f"`{key}`: {pattern!r} matches no file")
+        hint = " (a folder is taken only as a caption source's shards)" if Path(pattern).is_dir() else ""
+        raise DataError(f"`{key}`: {pattern!r} matches no file{hint}")
     for path in found:
         try:
             path.open("rb").close()
@@ -77,7 +101,8 @@ def resolve(files: FilesConfig) -> dict[str, list[Path]]:
     found = {}
     for role in ("text", "captions", "instruct", "pope", "text_mc"):
         for i, src in enumerate(getattr(files, role)):
-            found[key_of(role, i)] = _paths(src.path, key_of(role, i) + ".path")
+            folder_globs = SHARD_FOLDER_GLOBS if role == "captions" else ()
+            found[key_of(role, i)] = _paths(src.path, key_of(role, i) + ".path", folder_globs)
     for i, src in enumerate(files.vqa):
         found[key_of("vqa", i)] = []
         for name in ("questions", "annotations"):
@@ -95,7 +120,7 @@ def resolve(files: FilesConfig) -> dict[str, list[Path]]:
 def detect_format(path: Path, fmt: str, key: str, allowed: tuple[str, ...]) -> str:
     """`fmt`, or for `auto` the format of the file's extension; DataError if the role cannot read it."""
     if fmt == "auto":
-        fmt = EXTENSIONS.get(path.suffix.lower(), "")
+        fmt = format_of(path)
         if not fmt:
             raise DataError(f"`{key}.format`: cannot tell the format of {path} from its extension; "
                             f"set `format` to one of {', '.join(allowed)}")
@@ -331,7 +356,7 @@ def write_instruct(r: Reading, out: Path) -> None:
                     conv["image"] = images.add(root / record["image"])
                 convs.add(conv)
 
-            _run(tally, jsonl_records(path) if path.suffix == ".jsonl" else json_list_records(path), write)
+            _run(tally, jsonl_records(path) if _is_jsonl(path) else json_list_records(path), write)
         convs.close()
 
 
@@ -414,7 +439,10 @@ def write_eval(r: Reading, out: Path) -> dict:
                     lines.add({"id": it["id"], "answerKey": it["labels"][it["answer"]],
                                "question": {"stem": it["stem"], "choices": choices}})
 
-                _run(tally, jsonl_records(path), write)
+                # ARC as distributed: JSONL (either layout), or Parquet with Hugging Face's columns
+                records = (parquet_records(path, ["id", "question", "choices", "answerKey"])
+                           if format_of(path) == "parquet" else jsonl_records(path))
+                _run(tally, records, write)
         tasks["text_mc"] = {"kind": "mc", "file": "text_mc.jsonl",
                             "chance": round(sum(inverse_choices) / len(inverse_choices), 6)}
     (ev / "tasks.json").write_text(json.dumps(tasks, indent=1, sort_keys=True) + "\n")

@@ -11,6 +11,7 @@ to that file's folder.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 from collections.abc import Iterable, Iterator
@@ -51,11 +52,14 @@ def _require_file(path: Path) -> None:
 
 
 def _open_text(path: Path) -> TextIO:
+    """A text file, decompressed as it is read when its name ends in .zst or .gz."""
     if path.name.endswith(".zst"):
         import zstandard  # only needed for compressed corpora
 
         stream = zstandard.ZstdDecompressor().stream_reader(path.open("rb"))
         return io.TextIOWrapper(stream, encoding="utf-8")
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
     return path.open(encoding="utf-8")
 
 
@@ -93,7 +97,7 @@ def json_list_records(path: Path) -> Iterator[tuple[str, dict] | Skip]:
     (what follows cannot be resynchronised) with a DataError."""
     _require_file(path)
     decoder = json.JSONDecoder()
-    with path.open(encoding="utf-8") as f:
+    with _open_text(path) as f:
         buf, pos = "", 0
 
         def more() -> bool:  # drop what was parsed, read the next chunk
@@ -133,17 +137,21 @@ def json_list_records(path: Path) -> Iterator[tuple[str, dict] | Skip]:
                     where, f"expected a JSON object, got {type(record).__name__}")
         except UnicodeDecodeError as e:
             raise DataError(f"{path}: not UTF-8 text ({e})") from e
+        except (OSError, EOFError) as e:  # a corrupt or truncated .gz / .zst
+            raise DataError(f"{path}: cannot decompress ({e})") from e
 
 
 def _load_json(path: Path) -> Any:
     _require_file(path)
     try:
-        with path.open(encoding="utf-8") as f:
+        with _open_text(path) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from e
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e})") from e
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot decompress ({e})") from e
 
 
 def _string(record: dict, key: str, where: str, allow_empty: bool = False) -> str:
