@@ -45,6 +45,12 @@ def _location(src: Source) -> dict[str, str | None]:
 # the whole epoch at once and exit; shards streamed from a remote keep Streaming's bounded default.
 LOCAL_PREDOWNLOAD = 1 << 40
 
+# Streaming shuffles and splits an epoch over "canonical nodes", by default as many as the run has
+# physical nodes: the same params on 2 nodes would then train on other batches than on 1. Fixed at
+# one, every layout (1 node of 2 processes, 2 nodes of 1, ...) sees the same global batches in the
+# same order (tests/test_two_nodes.py), and a run resumes on another number of nodes.
+CANONICAL_NODES = 1
+
 
 def _predownload(sources: list[Source]) -> int | None:
     return LOCAL_PREDOWNLOAD if all(_location(s)["remote"] is None for s in sources) else None
@@ -55,7 +61,7 @@ def dataset(src: Source, split: str, batch_size: int, seed: int, shuffle: bool =
     _remove_stale_shared_memory_once()
     return StreamingDataset(
         **_location(src), split=split, batch_size=batch_size, shuffle=shuffle, shuffle_seed=seed,
-        predownload=_predownload([src]),
+        predownload=_predownload([src]), num_canonical_nodes=CANONICAL_NODES,
     )
 
 
@@ -80,6 +86,7 @@ def mixed_dataset(parts: dict[Source, int], split: str, batch_size: int, seed: i
         shuffle_seed=seed,
         epoch_size=epoch_size,
         predownload=_predownload(list(parts)),
+        num_canonical_nodes=CANONICAL_NODES,
     )
 
 
