@@ -125,7 +125,57 @@ def test_the_recipe_installs_the_locked_dependencies_before_the_code():
     assert {".venv", "data", ".dvc/cache"} <= set(ignored)
 
 
-@pytest.mark.parametrize("script", ["containers/run", "containers/test-image"])
+def test_collective_settings_slurm_variables_and_data_folders_reach_the_container(tmp_path):
+    data = tmp_path / "datasets"
+    data.mkdir()
+    proc = call(tmp_path, "true", NCCL_SOCKET_IFNAME="ib0", GLOO_SOCKET_IFNAME="eth0", SLURM_JOB_ID="42",
+                TORCH_DISTRIBUTED_DEBUG="INFO", VLM_MOUNTS=str(data), VLM_IMAGE_KIND="cpu")
+    assert proc.returncode == 0, proc.stderr
+    args = run_args(proc)
+    env = [args[i + 1] for i, a in enumerate(args) if a == "-e"]
+    assert {"NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "SLURM_JOB_ID", "TORCH_DISTRIBUTED_DEBUG"} <= set(env)
+    assert f"{data}:{data}" in args
+    (tmp_path / "again").mkdir()
+    proc = call(tmp_path / "again", "true", VLM_MOUNTS="relative/data", VLM_IMAGE_KIND="cpu")
+    assert proc.returncode == 1 and "VLM_MOUNTS: relative/data is not an absolute path" in proc.stderr
+
+
+def test_the_slurm_job_starts_node_0_through_dvc_and_the_others_with_the_stages_command(tmp_path):
+    """containers/slurm.sbatch as SLURM runs it, with `srun` and `scontrol` standing in: one task per
+    node (SLURM_NODEID 0 and 1), each through containers/run (a fake engine that prints its arguments)."""
+    repo = tmp_path / "repo"
+    (repo / "containers").mkdir(parents=True)
+    for name in ("run", "slurm.sbatch", "slurm-node"):
+        shutil.copy2(ROOT / "containers" / name, repo / "containers" / name)
+    (repo / "params.yaml").write_text("train:\n  nproc: 8  # GPUs per node\n  microbatch_size: 0\nresume: {}\n")
+    bin_dir = fake_bin(tmp_path)
+    for tool in ("head", "sed", "pwd"):
+        os.symlink(shutil.which(tool), bin_dir / tool)
+    (bin_dir / "scontrol").write_text(f"#!{shutil.which('bash')}\necho gpu-a; echo gpu-b\n")
+    (bin_dir / "srun").write_text(f"#!{shutil.which('bash')}\n"  # the step's command on each of 2 nodes
+                                  'shift; for n in 0 1; do echo "NODE $n"; SLURM_NODEID=$n "$@" || exit; done\n')
+    for tool in ("scontrol", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    env = {"PATH": str(bin_dir), "HOME": str(tmp_path), "SLURM_JOB_NODELIST": "gpu-[a-b]", "SLURM_NNODES": "2",
+           "SLURM_SUBMIT_DIR": str(repo), "NCCL_SOCKET_IFNAME": "ib0", "VLM_IMAGE_KIND": "gpu"}
+    proc = subprocess.run(["bash", str(repo / "containers/slurm.sbatch"), "text-pretrain"], cwd=tmp_path,
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    nodes = proc.stdout.split("NODE ")[1:]
+    assert len(nodes) == 2
+    for rank, out in enumerate(nodes):
+        args = run_args(subprocess.CompletedProcess([], 0, out, ""))
+        env_names = [args[i + 1] for i, a in enumerate(args) if a == "-e"]
+        assert {"WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "NCCL_SOCKET_IFNAME"} <= set(env_names)
+        assert args[args.index("vlm-recipe:gpu") - 2:args.index("vlm-recipe:gpu")] == ["--network", "host"]
+        command = args[args.index("vlm-recipe:gpu") + 1:]
+        assert command == (["dvc", "repro", "--single-item", "--force", "text-pretrain"] if rank == 0 else
+                           ["composer", "-n", "8", "-m", "pipeline", "text-pretrain"])
+        assert f"node {rank} of 2, 8 processes each, rendezvous gpu-a:29500" in out
+
+
+@pytest.mark.parametrize("script", ["containers/run", "containers/test-image", "containers/slurm.sbatch",
+                                    "containers/slurm-node"])
 def test_scripts_are_executable_bash(script):
     path = ROOT / script
     assert os.access(path, os.X_OK)
