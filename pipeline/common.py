@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from composer.utils import dist
 
 from pipeline.paths import LOGS, METRICS, TIMINGS, TOKENS
 from vlm.config import MAX_SEQ_LEN, Config, section
@@ -64,10 +65,16 @@ def feature_store(cfg: Config, folder: Path, encoder_dir: Path) -> FeatureStore 
 
 
 def resume_for(stage: str, cfg: Config) -> Resume:
-    """Where `stage` keeps its resume checkpoints: keyed by the params and deps dvc.yaml gives it."""
-    spec = yaml.safe_load(DVC_FILE.read_text())["stages"][stage]
-    params = {key: section(cfg, key) for key in spec.get("params", [])}
-    return Resume.of(stage, fingerprint(params, [Path(d) for d in spec["deps"]]), cfg.resume.checkpoint_interval)
+    """Where `stage` keeps its resume checkpoints: keyed by the params and deps dvc.yaml gives it.
+    Global rank 0 alone reads the deps (at scale, terabytes of shards) and hands the key to the
+    other processes, on every node."""
+    key = [None]
+    if dist.get_global_rank() == 0:
+        spec = yaml.safe_load(DVC_FILE.read_text())["stages"][stage]
+        params = {name: section(cfg, name) for name in spec.get("params", [])}
+        key = [fingerprint(params, [Path(d) for d in spec["deps"]])]
+    dist.broadcast_object_list(key, src=0)
+    return Resume.of(stage, key[0], cfg.resume.checkpoint_interval, Path(cfg.resume.folder))
 
 
 def curve_paths(stage: str) -> dict[str, Path]:

@@ -115,6 +115,27 @@ def test_killed_stages_resume_to_the_same_lock_file(tmp_path, tiny_baseline):
     assert "up to date" in run(repo, "dvc", "status").stdout
 
 
+@pytest.mark.slow
+def test_a_job_restarted_in_another_clone_resumes_from_the_shared_resume_folder(tmp_path, tiny_baseline):
+    """`resume.folder` on a file system every node sees: text-pretrain killed after step 7 in one
+    clone resumes in another (a job restarted on other nodes), to the uninterrupted run's losses."""
+    shared = tmp_path / "shared/checkpoints"
+    params = {"resume.checkpoint_interval": 3, "resume.folder": str(shared)}
+    first = make_repo(tmp_path / "first", **params)
+    proc = run(first, "dvc", "repro", "text-pretrain", check=False, env={"VLM_CRASH_AT": "text-pretrain:step7"})
+    assert proc.returncode != 0 and ran(proc)[-1] == "text-pretrain"
+    (folder,) = (shared / "text-pretrain").iterdir()
+    assert os.readlink(folder / "latest-rank0.pt") == "ba6.pt"
+    assert not (first / "checkpoints").exists()
+
+    again = make_repo(tmp_path / "again", **params)  # nothing of the first clone's but the shared folder
+    proc = run(again, "dvc", "repro", "text-pretrain")
+    assert "text-pretrain: resumed from the checkpoint at step 6" in proc.stdout
+    val = json.loads((again / "metrics/pretrain.json").read_text())["val_loss"]
+    assert val == json.loads((tiny_baseline.parent / "first-metrics-pretrain.json").read_text())["val_loss"]
+    assert not (shared / "text-pretrain").exists()  # removed once the stage's outputs were written
+
+
 # ---- which checkpoint a run may resume from ------------------------------------------------------
 
 def test_the_resume_folder_is_keyed_by_params_code_and_data(tmp_path, monkeypatch):

@@ -308,6 +308,10 @@ class ResumeConfig:
     the same weights as an uninterrupted one (tests/test_resume.py)."""
 
     checkpoint_interval: int = spec(0)  # steps between resume checkpoints; 0 = none
+    # Where they live, in <folder>/<stage>/<fingerprint>/: a folder of the repository (this machine's
+    # disk), or an absolute path on a file system that every node and every later job sees, so that
+    # a job restarted on other nodes resumes too.
+    folder: str = spec()
 
 
 @dataclass(frozen=True)

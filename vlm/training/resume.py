@@ -27,8 +27,9 @@ class Resume:
     interval: int  # batches between checkpoints; 0 = no checkpoints, nothing to resume from
 
     @classmethod
-    def of(cls, stage: str, fingerprint: str, interval: int) -> Resume:
-        return cls(ROOT / stage / fingerprint, f"{stage}-{fingerprint}", interval)
+    def of(cls, stage: str, fingerprint: str, interval: int, root: Path = ROOT) -> Resume:
+        """`root`: `resume.folder` (this repository's checkpoints/ unless told otherwise)."""
+        return cls(Path(root) / stage / fingerprint, f"{stage}-{fingerprint}", interval)
 
     def done(self) -> None:
         """The stage's outputs are complete: its resume checkpoints are no longer needed."""
@@ -69,6 +70,6 @@ def check_disk_space(folder: Path, needed: int, what: str) -> None:
     if free < needed * 1.1:
         raise OSError(
             f"{folder}: not enough disk space for {what}: need about {needed / 2**20:,.1f} MiB, "
-            f"{free / 2**20:,.1f} MiB free; free some space (old runs under {ROOT}/ can go) or lower "
+            f"{free / 2**20:,.1f} MiB free; free some space (old runs under `resume.folder` can go) or lower "
             "`resume.checkpoint_interval` to 0 to train without resume checkpoints"
         )
