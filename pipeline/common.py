@@ -88,15 +88,16 @@ RECORDED_PACKAGES = ("torch", "mosaicml", "mosaicml-streaming", "open-clip-torch
 
 def environment(device: str = "auto") -> dict:
     """What a training or evaluation result was made with: Python and package versions (pinned by
-    requirements.lock) and the device: on a CPU, ATen's kernel level and the threads, which choose the
-    float rounding (the `cpu` params fix both). Nothing machine-specific beyond that, so that the same
+    requirements.lock) and the device: on a CPU, ATen's kernel level and the threads per machine, which
+    choose the float rounding (the `cpu` params fix both). Nothing machine-specific beyond that, so that the same
     results on another machine give the same dvc.lock; the machine itself goes to timings/."""
     env = {"python": platform.python_version(),
            **{name: importlib.metadata.version(name) for name in RECORDED_PACKAGES}}
     if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
         return {**env, "device": torch.cuda.get_device_name(), "cuda": torch.version.cuda}
-    return {**env, "device": "cpu", "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "threads": torch.get_num_threads()}
+    # threads per machine, as `cpu.threads` counts them: N processes of one machine share them
+    threads = torch.get_num_threads() * dist.get_local_world_size()
+    return {**env, "device": "cpu", "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": threads}
 
 
 def machine() -> dict:
