@@ -15,8 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from PIL import Image
-from userdata import COCO, write_as_distributed, write_every_format, write_jsonl, write_tar
+from userdata import COCO, write_every_format, write_jsonl, write_tar
 
+from pipeline.rehearsal import write_as_distributed
 from vlm.config import FilesConfig, build
 from vlm.data import readers
 from vlm.data.ingest import resolve, write_files

@@ -19,9 +19,7 @@ from pathlib import Path
 import pandas as pd
 import zstandard
 
-from pipeline.rehearsal import write_as_distributed  # noqa: F401  (the real sets' forms: gzip, DataComp, Parquet)
-
-COCO = "COCO_val2014_{image_id:012d}.jpg"
+from pipeline.rehearsal import COCO
 
 
 def jsonl(path: Path) -> list[dict]:
