@@ -149,9 +149,11 @@ def test_the_slurm_job_starts_node_0_through_dvc_and_the_others_with_the_stages_
         shutil.copy2(ROOT / "containers" / name, repo / "containers" / name)
     (repo / "params.yaml").write_text("train:\n  nproc: 8  # GPUs per node\n  microbatch_size: 0\nresume: {}\n")
     bin_dir = fake_bin(tmp_path)
-    for tool in ("head", "sed", "pwd"):
+    for tool in ("head", "sed", "sleep", "pwd"):
         os.symlink(shutil.which(tool), bin_dir / tool)
-    (bin_dir / "scontrol").write_text(f"#!{shutil.which('bash')}\necho gpu-a; echo gpu-b\n")
+    # The second host comes after a pause, so a reader that stops at the first line (head) has closed the
+    # pipe by then: under pipefail that SIGPIPE would fail the job (exit 141), as it once did in CI.
+    (bin_dir / "scontrol").write_text(f"#!{shutil.which('bash')}\necho gpu-a; sleep 0.3; echo gpu-b\n")
     (bin_dir / "srun").write_text(f"#!{shutil.which('bash')}\n"  # the step's command on each of 2 nodes
                                   'shift; for n in 0 1; do echo "NODE $n"; SLURM_NODEID=$n "$@" || exit; done\n')
     for tool in ("scontrol", "srun"):
