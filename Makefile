@@ -30,11 +30,12 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 
 install: $(STAMP)
 
-# Re-resolve requirements.lock from pyproject.toml (newest versions its bounds allow), hashes included.
+# Re-resolve requirements.lock from pyproject.toml (newest versions its bounds allow), hashes included. No
+# pre-releases: without that flag uv (0.13) resolves gql, of mosaicml-cli, to the beta 3.6.0b4.
 lock:
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	[ -x $(BIN)/uv ] || $(BIN)/python -m pip install --quiet uv
-	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --generate-hashes --quiet -o $(LOCK)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --generate-hashes --prerelease disallow --quiet -o $(LOCK)
 
 repro: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro

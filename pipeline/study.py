@@ -8,16 +8,21 @@
 Everything is checked before anything is queued: the study name, the YAML, every param key and
 every value (each variant's params go through the same schema check as params.yaml). A variant x
 seed is the DVC experiment `<study>-<value>-s<seed>`: `-S <param>=<value> -S study.seed=<seed>`
-plus the study's `fixed` params. Experiments that already exist are not queued again, so a study
-that was stopped picks up where it was. The queue runs one experiment at a time (`dvc queue start
--j 1`); a failed one is reported and the others go on. Shared upstream stages (text-pretrain) are
-never re-run: DVC skips them because their params and deps are those of the committed baseline,
-and the report counts, from each experiment's DVC log, where text-pretrain ran.
+plus the study's `fixed` params. With `study.chain_seeds` above 1, chain c > 0 adds the runs
+`<study>-<value>-c<c>-s<seed>` with `-S seed=<seed + c>`: whole chains (world, encoder, text run)
+of their own, shared by the variants. Experiments that already exist are not queued again, so a
+study that was stopped picks up where it was. The queue runs one experiment at a time (`dvc queue
+start -j 1`); a failed one is reported and the others go on. Shared upstream stages (text-pretrain)
+are never re-run for chain 0: DVC skips them because their params and deps are those of the
+committed baseline, and the report counts, from each experiment's DVC log, where text-pretrain ran.
 
-The report (`reports/<study>/`): `report.md` (per variant: params, then mean ± sd over the seeds of
-every score, and the verdict on each of the paper's findings the study touches), `metrics.json`
-(the same numbers) and `<study>.png` (the paper's style: the swept param on x, vision
-and text stable scores with sd error bars, per-task accuracies; re-warmed cooldowns marked).
+The report (`reports/<study>/`): `report.md` (per variant: params, then mean ± sd over the runs of
+every score; where chains were repeated, the spread split into study and chain seeds; and each of
+the paper's findings the study touches, tested by pipeline/verdicts.py: difference, confidence
+interval, test and p-value, the difference the study could have detected, verdict at
+`study.alpha`), `metrics.json` (the same numbers, every run's value among them) and `<study>.png`
+(the paper's style: the swept param on x, vision and text stable scores with sd error bars,
+per-task accuracies; re-warmed cooldowns marked).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from typing import Any
 
 import yaml
 
+from pipeline import verdicts
 from vlm.config import ALL_KEYS, PARAMS_FILE, ParamError, parse
 
 STUDIES_FILE = Path("studies.yaml")
@@ -71,8 +77,14 @@ class Run:
 
     name: str
     value: Any
-    seed: int
+    seed: int  # the study seed
     sets: dict
+    chain: int = 0  # the chain seed: `seed` + chain is the whole chain's seed
+
+    @property
+    def key(self) -> str:
+        """The run's seeds, e.g. "c0-s2": runs of two variants with the same key are paired."""
+        return f"c{self.chain}-s{self.seed}"
 
     def args(self) -> list[str]:
         return [a for k, v in self.sets.items() for a in ("-S", f"{k}={_yaml_value(v)}")]
@@ -135,10 +147,12 @@ def set_dotted(raw: dict, dotted: str, value: Any) -> None:
 def runs_of(study: Study, params_file: Path = Path(PARAMS_FILE)) -> list[Run]:
     """Every variant x seed, each checked against the params schema; StudyError lists the problems."""
     base = yaml.safe_load(params_file.read_text(encoding="utf-8"))
-    repeats = parse(base, str(params_file)).study.repeats
+    cfg = parse(base, str(params_file))
     leaves = {k for k in ALL_KEYS if "[]" not in k and not any(o.startswith(k + ".") for o in ALL_KEYS)}
     errors = [f"study `{study.name}`: `{k}` is not a params key" for k in [study.param, *study.fixed]
               if k not in leaves]
+    errors += [f"study `{study.name}`: `{k}` is set by the runner (`study.repeats`, `study.chain_seeds`), "
+               "not by a study" for k in [study.param, *study.fixed] if k in ("seed", "study.seed")]
     if errors:
         raise StudyError("\n".join(errors))
     runs = []
@@ -152,8 +166,11 @@ def runs_of(study: Study, params_file: Path = Path(PARAMS_FILE)) -> list[Run]:
         except ParamError as e:
             errors.append(str(e))
             continue
-        runs += [Run(f"{study.name}-{_slug(value)}-s{seed}", value, seed, {**sets, "study.seed": seed})
-                 for seed in range(repeats)]
+        for chain in range(cfg.study.chain_seeds):  # chain 0 is the committed text run: names without -c0
+            tag = f"-c{chain}" if chain else ""
+            chain_sets = {"seed": cfg.seed + chain} if chain else {}
+            runs += [Run(f"{study.name}-{_slug(value)}{tag}-s{seed}", value, seed,
+                         {**sets, **chain_sets, "study.seed": seed}, chain) for seed in range(cfg.study.repeats)]
     if errors:
         raise StudyError("\n".join(errors))
     return runs
@@ -299,7 +316,7 @@ def collect(study: Study, runs: list[Run]) -> list[dict]:
         if r.name not in exps:
             continue
         data = exps[r.name]["data"]
-        row = {"run": r.name, "value": r.value, "seed": r.seed,
+        row = {"run": r.name, "value": r.value, "seed": r.seed, "chain": r.chain, "key": r.key,
                "lr_mode": _metric(data, "metrics/cooldown.json", "lr_mode")}
         for s in SCORES:
             row[s] = _metric(data, "metrics/eval.json", s)
@@ -319,46 +336,83 @@ def mean_sd(xs: list[float]) -> tuple[float, float, int]:
 
 
 def summarise(study: Study, rows: list[dict]) -> dict:
-    """{value: {metric: [mean, sd, n]}} over the seeds of each variant."""
+    """{value: {metric: {mean, sd, n, runs: {run seeds: score}, spread}, rewarm}} over each variant's
+    runs; `spread` splits the sd into study seeds and chain seeds (verdicts.spread)."""
     metrics = sorted({k for r in rows for k in r if k in SCORES or k.endswith("_accuracy")})
     out = {}
     for value in study.values:
         mine = [r for r in rows if r["value"] == value]
-        if mine:
-            out[_yaml_value(value)] = {m: list(mean_sd([r.get(m) for r in mine])) for m in metrics}
-            out[_yaml_value(value)]["rewarm"] = any(r["lr_mode"] == "rewarm" for r in mine)
+        if not mine:
+            continue
+        variant: dict[str, Any] = {}
+        for m in metrics:
+            scored = [r for r in mine if r.get(m) is not None]
+            mean, sd, n = mean_sd([r[m] for r in scored])
+            variant[m] = {"mean": mean, "sd": sd, "n": n, "runs": {r["key"]: r[m] for r in scored},
+                          "spread": verdicts.spread({(r["chain"], r["seed"]): r[m] for r in scored})}
+        variant["rewarm"] = any(r["lr_mode"] == "rewarm" for r in mine)
+        out[_yaml_value(value)] = variant
     return out
 
 
-def verdict(finding: Finding, summary: dict) -> tuple[str, str]:
-    """(reproduced | opposite | not distinguishable | not run, our numbers): a difference counts when
-    the means are more than two standard errors of their difference apart."""
+def judge(finding: Finding, summary: dict, alpha: float = verdicts.ALPHA) -> dict:
+    """The finding tested on our runs: the comparison (verdicts.compare), its verdict at `alpha`, and
+    "ours", the two sides' mean ± sd (n) as the report prints them."""
     b, w = summary.get(_yaml_value(finding.better)), summary.get(_yaml_value(finding.worse))
-    if not b or not w or finding.metric not in b:
-        return "not run", "-"
-    (mb, sb, nb), (mw, sw, nw) = b[finding.metric], w[finding.metric]
-    numbers = f"{mb:.3f} ± {sb:.3f} vs {mw:.3f} ± {sw:.3f} (n = {nb}, {nw})"
-    if nb < 2 or nw < 2:
-        return "not distinguishable (one seed: no noise estimate)", numbers
-    se = math.sqrt(sb**2 / nb + sw**2 / nw)
-    diff = mb - mw
-    if diff > 2 * se:
-        return "reproduced", numbers
-    if diff < -2 * se:
-        return "opposite", numbers
-    return "not distinguishable", numbers
+    out = {"claim": finding.claim, "metric": finding.metric, "better": _yaml_value(finding.better),
+           "worse": _yaml_value(finding.worse), "alpha": alpha}
+    if not b or not w or finding.metric not in b or finding.metric not in w:
+        return {**out, "verdict": "not run", "ours": "-"}
+    sb, sw = b[finding.metric], w[finding.metric]
+    c = verdicts.compare(sb["runs"], sw["runs"], alpha)
+    ours = f"{_cell(sb['mean'], sb['sd'])} vs {_cell(sw['mean'], sw['sd'])} (n = {sb['n']}, {sw['n']})"
+    return {**out, **c.to_json(), "verdict": verdicts.verdict(c, alpha), "ours": ours}
 
 
 def _cell(mean: float, sd: float) -> str:
     return f"{mean:.3f}" if math.isnan(sd) else f"{mean:.3f} ± {sd:.3f}"
 
 
-def report(study: Study, runs: list[Run], failed: list[str] = (), timing: str = "") -> Path:
+def finding_rows(judged: list[dict]) -> list[str]:
+    """The report's table of the paper's claims, one row per judged finding."""
+    lines = ["| the paper's claim | metric | ours (better vs worse) | difference [95% CI] | test, p "
+             "| detectable (80% power) | verdict |", "|---|---|---|---|---|---|---|"]
+    for j in judged:
+        if j["verdict"] == "not run" or j["test"] == "none":
+            lines.append(f"| {j['claim']} | {j['metric']} | {j['ours']} | - | - | - | {j['verdict']} |")
+            continue
+        level = round((1 - j["alpha"]) * 100)
+        lo, hi = j["ci"]
+        ci = f"{j['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]" + ("" if level == 95 else f" ({level}% CI)")
+        lines.append(f"| {j['claim']} | {j['metric']} | {j['ours']} | {ci} | {j['test']}, {_p(j['p'])} "
+                     f"| {j['detectable']:.3f} | {j['verdict']} (α = {j['alpha']:g}) |")
+    return lines
+
+
+def _finite(node: Any) -> Any:
+    """JSON has no NaN or infinity: null for "no estimate" (one run), ±1e308 for a certain difference."""
+    if isinstance(node, dict):
+        return {k: _finite(v) for k, v in node.items()}
+    if isinstance(node, list | tuple):
+        return [_finite(v) for v in node]
+    if isinstance(node, float) and not math.isfinite(node):
+        return None if math.isnan(node) else math.copysign(1e308, node)
+    return node
+
+
+def _p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def report(study: Study, runs: list[Run], failed: list[str] = (), timing: str = "",
+           alpha: float = verdicts.ALPHA) -> Path:
     rows = collect(study, runs)
     summary = summarise(study, rows)
+    judged = [judge(f, summary, alpha) for f in study.findings]
     folder = REPORTS / study.name
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    (folder / "metrics.json").write_text(json.dumps(
+        _finite({"alpha": alpha, "variants": summary, "findings": judged}), indent=2, sort_keys=True) + "\n")
     logs = {r["run"]: dvc("queue", "logs", r["run"], check=False).stdout for r in rows}
     logged = [name for name, log in logs.items() if "Running stage" in log or "didn't change" in log]
     ran_text = [name for name in logged if "Running stage 'text-pretrain'" in logs[name]]
@@ -368,25 +422,52 @@ def report(study: Study, runs: list[Run], failed: list[str] = (), timing: str = 
     lines = [f"# Study `{study.name}`: {study.title}", "",
              f"`{study.param}` over {', '.join(map(_yaml_value, study.values))}"
              + (f", with {', '.join(f'`{k}`={_yaml_value(v)}' for k, v in study.fixed.items())}" if study.fixed else "")
-             + f"; {len(rows)} of {len(runs)} runs finished (mean ± sd over study seeds; n seeds per variant).",
+             + f"; {len(rows)} of {len(runs)} runs finished (mean ± sd over each variant's n runs: "
+             + f"{_seeds(runs)}; every run's value in metrics.json).",
              f"text-pretrain ran in {len(ran_text)} of the {len(logged)} runs with a DVC log here"
              + (f" ({elsewhere} ran elsewhere)" if elsewhere else "") + "." + (f" {timing}" if timing else ""), "",
              "| " + study.param + " | n | " + " | ".join(metrics) + " |",
              "|---" * (len(metrics) + 2) + "|"]
     for value, stats in summary.items():
         mark = " (re-warmed)" if stats["rewarm"] else ""
-        cells = [_cell(*stats[m][:2]) if m in stats else "-" for m in metrics]
-        lines.append(f"| {value}{mark} | {stats[metrics[0]][2]} | " + " | ".join(cells) + " |")
-    if study.findings:
-        lines += ["", "| the paper's claim | metric | ours (better vs worse) | verdict |", "|---|---|---|---|"]
-        for f in study.findings:
-            v, numbers = verdict(f, summary)
-            lines.append(f"| {f.claim} | {f.metric} | {numbers} | {v} |")
+        cells = [_cell(stats[m]["mean"], stats[m]["sd"]) if m in stats else "-" for m in metrics]
+        lines.append(f"| {value}{mark} | {stats[metrics[0]]['n']} | " + " | ".join(cells) + " |")
+    lines += spread_lines(summary)
+    if judged:
+        lines += ["", *finding_rows(judged), "", TESTS_NOTE]
     if failed:
         lines += ["", "Failed runs (not in the table): " + ", ".join(failed)]
     (folder / "report.md").write_text("\n".join(lines) + "\n")
     figure(study, summary, folder / f"{study.name}.png")
     return folder / "report.md"
+
+
+TESTS_NOTE = ("Each claim is tested two-sided: paired by seed where both variants ran the same seeds, "
+              "else Welch's t. *Detectable*: the smallest difference the same test finds with 80 % "
+              "power at that level, from the observed spread (pipeline/verdicts.py).")
+
+
+def _seeds(runs: list[Run]) -> str:
+    chains, seeds = len({r.chain for r in runs}), len({r.seed for r in runs})
+    return f"{seeds} study seeds" + (f" in each of {chains} chains (whole text runs)" if chains > 1 else
+                                     " sharing one text run")
+
+
+def spread_lines(summary: dict) -> list[str]:
+    """Where variants ran more than one chain: the sd of each stable score split into study seeds
+    (within a text run) and chain seeds (between text runs), averaged over the variants (as variances)."""
+    if not any(v[s]["spread"]["chains"] > 1 for v in summary.values() for s in SCORES if s in v):
+        return []
+    lines = ["", "| spread (sd, mean over variants) | within a text run (study seeds) "
+             "| between text runs (chain seeds) |", "|---|---|---|"]
+    for s in SCORES:
+        parts = [v[s]["spread"] for v in summary.values() if s in v and v[s]["spread"]["chains"] > 1]
+        cells = []
+        for key in ("study_seed_sd", "chain_sd"):
+            var = [p[key] ** 2 for p in parts if not math.isnan(p[key])]
+            cells.append(f"{math.sqrt(sum(var) / len(var)):.3f}" if var else "-")
+        lines.append(f"| {s} | {cells[0]} | {cells[1]} |")
+    return lines
 
 
 def figure(study: Study, summary: dict, path: Path) -> None:
@@ -402,7 +483,7 @@ def figure(study: Study, summary: dict, path: Path) -> None:
     ax = axes[0][0]
     for metric, colour in (("vision_stable", "tab:blue"), ("text_stable", "tab:orange")):
         if all(metric in summary[x] for x in xs):
-            ax.errorbar(pos, [summary[x][metric][0] for x in xs], yerr=[summary[x][metric][1] for x in xs],
+            ax.errorbar(pos, [summary[x][metric]["mean"] for x in xs], yerr=[summary[x][metric]["sd"] for x in xs],
                         marker="o", capsize=3, color=colour, label=metric)
     for i, x in enumerate(xs):
         if summary[x]["rewarm"]:
@@ -410,7 +491,7 @@ def figure(study: Study, summary: dict, path: Path) -> None:
     ax.set_ylabel("stable score")
     ax.legend(fontsize=8)
     for ax, task in zip(axes[0][1:], tasks, strict=True):
-        ax.errorbar(pos, [summary[x][task][0] for x in xs], yerr=[summary[x][task][1] for x in xs],
+        ax.errorbar(pos, [summary[x][task]["mean"] for x in xs], yerr=[summary[x][task]["sd"] for x in xs],
                     marker="o", capsize=3, color="tab:green")
         ax.set_title(task.removesuffix("_accuracy"), fontsize=9)
         ax.set_ylabel("accuracy")
@@ -449,6 +530,7 @@ def main(argv: list[str]) -> int:
             raise StudyError(f"{STUDIES_FILE}: no study `{args.name}`; studies: {', '.join(studies)}")
         study = studies[args.name]
         runs = runs_of(study)
+        alpha = parse(yaml.safe_load(Path(PARAMS_FILE).read_text(encoding="utf-8")), PARAMS_FILE).study.alpha
     except (StudyError, ParamError) as e:
         print(e, file=sys.stderr)
         return 1
@@ -465,7 +547,7 @@ def main(argv: list[str]) -> int:
             print(f"study {study.name}: {problem}", file=sys.stderr)
             return 1
         failed, timing = run_study(study, runs, args.poll)
-    print(f"study {study.name}: report in {report(study, runs, failed, timing)}", flush=True)
+    print(f"study {study.name}: report in {report(study, runs, failed, timing, alpha)}", flush=True)
     return 1 if failed else 0
 
 

@@ -57,16 +57,62 @@ def test_the_committed_studies_are_valid():
         assert len(runs) == len(study.values) * 3 and len({r.name for r in runs}) == len(runs)
 
 
-@pytest.mark.parametrize(("better", "worse", "expected"), [
-    ((0.80, 0.01, 3), (0.70, 0.01, 3), "reproduced"),
-    ((0.70, 0.01, 3), (0.80, 0.01, 3), "opposite"),
-    ((0.80, 0.10, 3), (0.75, 0.10, 3), "not distinguishable"),
-    ((0.80, math.nan, 1), (0.70, math.nan, 1), "not distinguishable (one seed: no noise estimate)"),
-])
-def test_a_difference_counts_only_beyond_two_standard_errors(better, worse, expected):
-    finding = S.Finding("x beats y", "vision_stable", 1, 2)
-    summary = {"1": {"vision_stable": list(better)}, "2": {"vision_stable": list(worse)}}
-    assert S.verdict(finding, summary)[0] == expected
+def rows_of(values: dict, metric: str = "vision_stable") -> list[dict]:
+    """collect()'s rows: {variant value: [score per study seed]}, all in chain 0."""
+    return [{"value": v, "seed": s, "chain": 0, "key": f"c0-s{s}", "lr_mode": "continue", metric: x}
+            for v, xs in values.items() for s, x in enumerate(xs)]
+
+
+def test_findings_are_judged_by_a_stated_test_on_every_runs_value():
+    """Means 0.04 apart with sd 0.02, three seeds a side: more than two standard errors (the old rule
+    said reproduced), but the paired t-test on the seeds' differences (0.06, 0.02, 0.04) gives
+    p = 1 - sqrt(12 / 14) = 0.074 on 2 degrees of freedom: not distinguishable at 0.05."""
+    study = S.Study("s", "s", "cooldown.image_ratio", [1, 2], findings=[S.Finding("1 beats 2", "vision_stable", 1, 2)])
+    summary = S.summarise(study, rows_of({1: [0.72, 0.70, 0.74], 2: [0.66, 0.68, 0.70]}))
+    assert summary["1"]["vision_stable"]["runs"] == {"c0-s0": 0.72, "c0-s1": 0.70, "c0-s2": 0.74}
+    assert summary["1"]["vision_stable"]["sd"] == pytest.approx(0.02) and summary["1"]["vision_stable"]["n"] == 3
+    judged = S.judge(study.findings[0], summary)
+    assert judged["test"] == "paired t" and judged["diff"] == pytest.approx(0.04)
+    assert judged["p"] == pytest.approx(1 - math.sqrt(12 / 14))  # t^2 = 12 (mean 0.04 / (0.02 / sqrt 3))
+    assert judged["verdict"] == "not distinguishable" and judged["alpha"] == 0.05
+    assert judged["ours"] == "0.720 ± 0.020 vs 0.680 ± 0.020 (n = 3, 3)"
+    row = S.finding_rows([judged])[2]
+    assert row.startswith("| 1 beats 2 | vision_stable | 0.720 ± 0.020 vs 0.680 ± 0.020 (n = 3, 3) | +0.040 [")
+    assert "| paired t, p = 0.074 |" in row and row.endswith("| not distinguishable (α = 0.05) |")
+    assert S.judge(study.findings[0], summary, alpha=0.1)["verdict"] == "reproduced"
+    one = S.summarise(study, rows_of({1: [0.9], 2: [0.5]}))
+    assert S.judge(study.findings[0], one)["verdict"] == "not distinguishable (one seed: no noise estimate)"
+    assert S.judge(study.findings[0], {"1": one["1"]})["verdict"] == "not run"
+
+
+def test_the_report_splits_the_spread_into_study_seeds_and_chain_seeds():
+    """Per variant: chain 0 scores 0.1, 0.3 and chain 1 0.5, 0.7 (verdicts.spread: within sd sqrt 0.02,
+    chains sqrt 0.07); the table averages the variances over the variants."""
+    study = S.Study("s", "s", "cooldown.image_ratio", [1, 2])
+    rows = [{"value": v, "seed": s, "chain": c, "key": f"c{c}-s{s}", "lr_mode": "continue",
+             **{m: base + x for m in S.SCORES}}
+            for v, base in ((1, 0.0), (2, 0.1)) for c, xs in ((0, (0.1, 0.3)), (1, (0.5, 0.7)))
+            for s, x in enumerate(xs)]
+    summary = S.summarise(study, rows)
+    assert summary["2"]["text_stable"]["runs"]["c1-s0"] == pytest.approx(0.6)
+    assert summary["1"]["text_stable"]["spread"]["chain_sd"] == pytest.approx(math.sqrt(0.07))
+    table = S.spread_lines(summary)
+    assert "| text_stable | 0.141 | 0.265 |" in table
+    assert S.spread_lines(S.summarise(study, rows_of({1: [0.1, 0.2], 2: [0.3, 0.4]}))) == []  # one chain
+
+
+def test_chain_seeds_repeat_whole_chains_beside_the_study_seeds(tmp_path):
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    base["study"].update(repeats=2, chain_seeds=3)
+    base["seed"] = 5
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(base))
+    runs = S.runs_of(S.Study("r", "r", "cooldown.image_ratio", [0.1]), tmp_path / "params.yaml")
+    assert [r.name for r in runs] == ["r-0.1-s0", "r-0.1-s1", "r-0.1-c1-s0", "r-0.1-c1-s1",
+                                      "r-0.1-c2-s0", "r-0.1-c2-s1"]
+    assert [r.sets.get("seed") for r in runs] == [None, None, 6, 6, 7, 7]  # chain 0 is the committed chain
+    assert [r.key for r in runs][2:4] == ["c1-s0", "c1-s1"] and {r.sets["study.seed"] for r in runs} == {0, 1}
+    with pytest.raises(S.StudyError, match="`seed` is set by the runner"):
+        S.runs_of(S.Study("r", "r", "seed", [1, 2]), tmp_path / "params.yaml")
 
 
 def test_a_workspace_that_differs_from_the_commit_is_refused_naming_the_keys_and_files(tmp_path):
@@ -131,6 +177,15 @@ def test_a_two_variant_two_seed_study_end_to_end(tmp_path, tiny):
         seeds = {exps[f"tiny-ratio-{value}-s{s}"]["params"]["params.yaml"]["data"]["study"]["seed"] for s in (0, 1)}
         assert seeds == {0, 1}
     assert "10% beats 30%" in report and (repo / "reports/tiny-ratio/tiny-ratio.png").stat().st_size > 1000
+    # every run's value is kept, and the finding is tested on them (paired: both variants ran seeds 0, 1)
+    kept = json.loads((repo / "reports/tiny-ratio/metrics.json").read_text())
+    for value in ("0.1", "0.3"):
+        assert kept["variants"][value]["vision_stable"]["runs"] == {
+            f"c0-s{s}": exps[f"tiny-ratio-{value}-s{s}"]["metrics"]["metrics/eval.json"]["data"]["vision_stable"]
+            for s in (0, 1)}
+    (finding,) = kept["findings"]
+    assert finding["test"] == "paired t" and finding["alpha"] == 0.05 and finding["n"] == [2, 2]
+    assert f"paired t, {S._p(finding['p'])}" in report
     assert re.search(r"The 4 runs took \d+\.\d min here, \d+\.\d min per run\.", report), report
     # each run's scores are a DVC plot: `dvc plots diff` sets two experiments' bars side by side
     pair = ["tiny-ratio-0.1-s0", "tiny-ratio-0.3-s1"]

@@ -320,6 +320,10 @@ class StudyConfig:
 
     seed: int = spec(0)  # read only by mixed-cooldown and finetune: repeats share the text run
     repeats: int = spec(1)  # study seeds per variant (0 .. repeats - 1); read by the study runner only
+    # Whole chains per variant, each with its own `seed` (seed, seed + 1, ...: a new world draw,
+    # encoder and text run), every one with `repeats` study seeds; read by the study runner only.
+    chain_seeds: int = spec(1)
+    alpha: float = spec(0.0, 0.5, lo_open=True)  # the level of the report's two-sided tests
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,137 @@
+"""Does one variant of a study beat another? The statistics behind a study report's verdicts.
+
+A study runs every variant with the same seeds (pipeline/study.py): runs of two variants with the
+same chain seed and study seed share the text run, the projector's initialisation and the data
+order. Their scores are then compared paired by seed (a one-sample t-test of the per-seed
+differences), which removes what the seed does to both. Where the seeds do not match, Welch's
+t-test, which does not assume equal variances. Both tests are two-sided at a stated level `alpha`:
+a difference is *reproduced* or *opposite* only when p < alpha, whatever its size.
+
+Power: the smallest difference the same test would find with probability `power` (80 %) at that
+level, from the observed spread, (t[1 - alpha/2, df] + t[power, df]) x SE (the usual approximation
+to the noncentral t). A "not distinguishable" with a detectable difference far above the effect
+the paper reports says the study was too small to tell, not that the effect is absent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+from scipy import stats
+
+ALPHA = 0.05  # the level of every verdict unless `study.alpha` says otherwise
+POWER = 0.8
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """`better` against `worse` on one metric."""
+
+    test: str  # "paired t" | "Welch t" | "none" (fewer than two runs on a side: no noise estimate)
+    n: tuple[int, int]  # runs of better, of worse (pairs: both the same)
+    diff: float  # mean(better) - mean(worse)
+    se: float  # standard error of diff
+    df: float  # degrees of freedom (Welch-Satterthwaite for Welch)
+    t: float
+    p: float  # two-sided
+    ci: tuple[float, float]  # the (1 - alpha) confidence interval of diff
+    d: float  # standardised effect: diff / sd of the differences (paired), / root mean variance (Welch)
+    detectable: float  # the smallest |diff| this test finds with probability POWER at level alpha
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _mean_var(xs: list[float]) -> tuple[float, float]:
+    m = sum(xs) / len(xs)
+    return m, (sum((x - m) ** 2 for x in xs) / (len(xs) - 1) if len(xs) > 1 else math.nan)
+
+
+def _t_test(test: str, n: tuple[int, int], diff: float, se: float, df: float, scale: float,
+            alpha: float) -> Comparison:
+    """The t statistic, p, interval and power of `diff` with standard error `se` on `df` degrees of
+    freedom. All runs alike (se 0) make any nonzero difference certain and none detectable but 0."""
+    if se == 0:
+        t = math.copysign(math.inf, diff) if diff else 0.0
+        p = 0.0 if diff else 1.0
+    else:
+        t = diff / se
+        p = float(2 * stats.t.sf(abs(t), df))
+    half = float(stats.t.ppf(1 - alpha / 2, df)) * se
+    detectable = (float(stats.t.ppf(1 - alpha / 2, df)) + float(stats.t.ppf(POWER, df))) * se
+    d = diff / scale if scale else (math.copysign(math.inf, diff) if diff else 0.0)
+    return Comparison(test, n, diff, se, df, t, p, (diff - half, diff + half), d, detectable)
+
+
+def welch(mean_a: float, sd_a: float, n_a: int, mean_b: float, sd_b: float, n_b: int,
+          alpha: float = ALPHA) -> Comparison:
+    """Welch's t-test of mean_a - mean_b from each side's mean, sample sd (ddof 1) and count."""
+    va, vb = sd_a**2 / n_a, sd_b**2 / n_b
+    se = math.sqrt(va + vb)
+    # Welch-Satterthwaite; with no spread on either side the pooled df is all there is
+    df = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1)) if va + vb else n_a + n_b - 2.0
+    return _t_test("Welch t", (n_a, n_b), mean_a - mean_b, se, df, math.sqrt((sd_a**2 + sd_b**2) / 2), alpha)
+
+
+def paired(diffs: list[float], alpha: float = ALPHA) -> Comparison:
+    """The one-sample t-test of per-seed differences better - worse."""
+    m, var = _mean_var(diffs)
+    n = len(diffs)
+    return _t_test("paired t", (n, n), m, math.sqrt(var / n), n - 1.0, math.sqrt(var), alpha)
+
+
+def compare(better: Mapping[str, float], worse: Mapping[str, float], alpha: float = ALPHA) -> Comparison:
+    """`better` and `worse`: {run seed (e.g. "c0-s1"): score}. Paired when both sides ran the same
+    seeds (two or more), else Welch; "none" when a side has fewer than two runs."""
+    a, b = list(better.values()), list(worse.values())
+    if len(a) < 2 or len(b) < 2:
+        nan = math.nan
+        diff = (sum(a) / len(a) - sum(b) / len(b)) if a and b else nan
+        return Comparison("none", (len(a), len(b)), diff, nan, nan, nan, nan, (nan, nan), nan, nan)
+    if set(better) == set(worse):
+        return paired([better[k] - worse[k] for k in sorted(better)], alpha)
+    (ma, va), (mb, vb) = _mean_var(a), _mean_var(b)
+    return welch(ma, math.sqrt(va), len(a), mb, math.sqrt(vb), len(b), alpha)
+
+
+def verdict(c: Comparison, alpha: float = ALPHA) -> str:
+    """reproduced (better is better, p < alpha), opposite (worse is better, p < alpha), or not."""
+    if c.test == "none":
+        return "not distinguishable (one seed: no noise estimate)"
+    if c.p < alpha:
+        return "reproduced" if c.diff > 0 else "opposite"
+    return "not distinguishable"
+
+
+def two_se_rule(c: Comparison) -> str:
+    """The verdict of the rule these reports used before: means more than two standard errors of
+    their difference apart. Kept to show where it and the t-test disagree (with 3 seeds a t-test
+    needs about 2.8 SE at 5 %)."""
+    if c.test == "none" or abs(c.diff) <= 2 * c.se:
+        return "not distinguishable"
+    return "reproduced" if c.diff > 0 else "opposite"
+
+
+def spread(runs: Mapping[tuple[int, int], float]) -> dict:
+    """The two sources of seed noise of one variant, from its runs {(chain seed, study seed): score}
+    (a one-way random-effects analysis, chains as groups):
+
+    - `study_seed_sd`: the spread between study seeds of the same text run (pooled within chains);
+    - `chain_sd`: the spread that whole chains add on top: sqrt(var(chain means) - within / k), k the
+      study seeds per chain (harmonic mean), floored at 0; NaN with fewer than two chains."""
+    chains: dict[int, list[float]] = {}
+    for (chain, _), value in sorted(runs.items()):
+        chains.setdefault(chain, []).append(value)
+    within_ss = sum(sum((x - sum(xs) / len(xs)) ** 2 for x in xs) for xs in chains.values())
+    within_df = sum(len(xs) - 1 for xs in chains.values())
+    within = within_ss / within_df if within_df else math.nan
+    out = {"chains": len(chains), "study_seed_sd": math.sqrt(within) if within_df else math.nan,
+           "chain_sd": math.nan}
+    if len(chains) >= 2:
+        means = [sum(xs) / len(xs) for xs in chains.values()]
+        between = _mean_var(means)[1]
+        k = len(means) / sum(1 / len(xs) for xs in chains.values())
+        out["chain_sd"] = math.sqrt(max(0.0, between - (within / k if within_df else 0.0)))
+    return out
