@@ -330,9 +330,8 @@ def mean_sd(xs: list[float]) -> tuple[float, float, int]:
     xs = [x for x in xs if x is not None]
     if not xs:
         return math.nan, math.nan, 0
-    m = sum(xs) / len(xs)
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else math.nan
-    return m, sd, len(xs)
+    m, var = verdicts.mean_var(xs)
+    return m, math.sqrt(var), len(xs)
 
 
 def summarise(study: Study, rows: list[dict]) -> dict:

@@ -44,7 +44,8 @@ class Comparison:
         return asdict(self)
 
 
-def _mean_var(xs: list[float]) -> tuple[float, float]:
+def mean_var(xs: list[float]) -> tuple[float, float]:
+    """The mean and the sample variance (ddof 1; NaN for one value)."""
     m = sum(xs) / len(xs)
     return m, (sum((x - m) ** 2 for x in xs) / (len(xs) - 1) if len(xs) > 1 else math.nan)
 
@@ -77,7 +78,7 @@ def welch(mean_a: float, sd_a: float, n_a: int, mean_b: float, sd_b: float, n_b:
 
 def paired(diffs: list[float], alpha: float = ALPHA) -> Comparison:
     """The one-sample t-test of per-seed differences better - worse."""
-    m, var = _mean_var(diffs)
+    m, var = mean_var(diffs)
     n = len(diffs)
     return _t_test("paired t", (n, n), m, math.sqrt(var / n), n - 1.0, math.sqrt(var), alpha)
 
@@ -92,7 +93,7 @@ def compare(better: Mapping[str, float], worse: Mapping[str, float], alpha: floa
         return Comparison("none", (len(a), len(b)), diff, nan, nan, nan, nan, (nan, nan), nan, nan)
     if set(better) == set(worse):
         return paired([better[k] - worse[k] for k in sorted(better)], alpha)
-    (ma, va), (mb, vb) = _mean_var(a), _mean_var(b)
+    (ma, va), (mb, vb) = mean_var(a), mean_var(b)
     return welch(ma, math.sqrt(va), len(a), mb, math.sqrt(vb), len(b), alpha)
 
 
@@ -131,7 +132,7 @@ def spread(runs: Mapping[tuple[int, int], float]) -> dict:
            "chain_sd": math.nan}
     if len(chains) >= 2:
         means = [sum(xs) / len(xs) for xs in chains.values()]
-        between = _mean_var(means)[1]
+        between = mean_var(means)[1]
         k = len(means) / sum(1 / len(xs) for xs in chains.values())
         out["chain_sd"] = math.sqrt(max(0.0, between - (within / k if within_df else 0.0)))
     return out
