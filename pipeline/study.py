@@ -375,7 +375,7 @@ def _cell(mean: float, sd: float) -> str:
 def finding_rows(judged: list[dict]) -> list[str]:
     """The report's table of the paper's claims, one row per judged finding."""
     lines = ["| the paper's claim | metric | ours (better vs worse) | difference [95% CI] | test, p "
-             "| detectable (80% power) | verdict |", "|---|---|---|---|---|---|---|"]
+             f"| detectable ({verdicts.POWER:.0%} power) | verdict |", "|---|---|---|---|---|---|---|"]
     for j in judged:
         if j["verdict"] == "not run" or j["test"] == "none":
             lines.append(f"| {j['claim']} | {j['metric']} | {j['ours']} | - | - | - | {j['verdict']} |")

@@ -60,8 +60,9 @@ def _t_test(test: str, n: tuple[int, int], diff: float, se: float, df: float, sc
     else:
         t = diff / se
         p = float(2 * stats.t.sf(abs(t), df))
-    half = float(stats.t.ppf(1 - alpha / 2, df)) * se
-    detectable = (float(stats.t.ppf(1 - alpha / 2, df)) + float(stats.t.ppf(POWER, df))) * se
+    critical = float(stats.t.ppf(1 - alpha / 2, df))
+    half = critical * se
+    detectable = (critical + float(stats.t.ppf(POWER, df))) * se
     d = diff / scale if scale else (math.copysign(math.inf, diff) if diff else 0.0)
     return Comparison(test, n, diff, se, df, t, p, (diff - half, diff + half), d, detectable)
 
@@ -125,14 +126,12 @@ def spread(runs: Mapping[tuple[int, int], float]) -> dict:
     chains: dict[int, list[float]] = {}
     for (chain, _), value in sorted(runs.items()):
         chains.setdefault(chain, []).append(value)
-    within_ss = sum(sum((x - sum(xs) / len(xs)) ** 2 for x in xs) for xs in chains.values())
-    within_df = sum(len(xs) - 1 for xs in chains.values())
-    within = within_ss / within_df if within_df else math.nan
-    out = {"chains": len(chains), "study_seed_sd": math.sqrt(within) if within_df else math.nan,
-           "chain_sd": math.nan}
+    per_chain = [(len(xs), *mean_var(xs)) for xs in chains.values()]  # (n, mean, variance)
+    within_df = sum(n - 1 for n, _, _ in per_chain)
+    within = sum((n - 1) * var for n, _, var in per_chain if n > 1) / within_df if within_df else math.nan
+    out = {"chains": len(chains), "study_seed_sd": math.sqrt(within), "chain_sd": math.nan}
     if len(chains) >= 2:
-        means = [sum(xs) / len(xs) for xs in chains.values()]
-        between = mean_var(means)[1]
-        k = len(means) / sum(1 / len(xs) for xs in chains.values())
+        between = mean_var([m for _, m, _ in per_chain])[1]
+        k = len(per_chain) / sum(1 / n for n, _, _ in per_chain)
         out["chain_sd"] = math.sqrt(max(0.0, between - (within / k if within_df else 0.0)))
     return out
