@@ -71,8 +71,8 @@ def test_two_nodes_train_the_same_model_as_two_processes_on_one(tmp_path):
     assert (node0 / "logs/pretrain.csv").read_text() == (one / "logs/pretrain.csv").read_text()
     # the metrics alike but their environment block, which records threads per machine: here 1 (one
     # process a machine), there 2 (two processes, one thread each); the weights above are the same
-    (a, env_a), (b, env_b) = ((m, m.pop("environment")) for m in (
-        json.loads((repo / "metrics/pretrain.json").read_text()) for repo in (node0, one)))
+    a, b = (json.loads((repo / "metrics/pretrain.json").read_text()) for repo in (node0, one))
+    env_a, env_b = a.pop("environment"), b.pop("environment")
     assert a == b and a["val_loss"]
     assert (env_a["threads"], env_b["threads"]) == (1, 2)
     assert {k: v for k, v in env_a.items() if k != "threads"} == {k: v for k, v in env_b.items() if k != "threads"}
