@@ -1,7 +1,8 @@
 """`python -m pipeline STAGE`: check params.yaml, then run one DVC stage (the `cmd` of dvc.yaml).
 
 The params check imports no torch, so a typo or a bad value fails in well under a second, naming
-the key, before any stage module (and its heavy imports) is loaded.
+the key, before any stage module (and its heavy imports) is loaded. A stage that trains or
+evaluates in several processes is handed to Composer's launcher first (`launch`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import importlib
 import os
 import sys
 
-from vlm.config import CpuConfig, ParamError, load
+from vlm.config import PARAMS_FILE, Config, CpuConfig, ParamError, batch_split_errors, load
 
 # DVC stage name -> the module whose `run(cfg)` does its work
 STAGES = {
@@ -26,10 +27,10 @@ STAGES = {
     "evaluate": "pipeline.evaluate",
 }
 
-# The stages dvc.yaml starts under Composer's launcher (`composer -n ${train.nproc}`); the others run
-# as one process. On several machines the rendezvous variables (README, "Run at scale") are exported
-# for the launcher: a one-process stage drops them, else its Composer Trainer (train-encoder) would
-# wait for ranks that never come.
+# The stages that run under Composer's launcher (`composer -n <train.nproc>`, started by `launch`);
+# the others run as one process. On several machines the rendezvous variables (README, "Run at
+# scale") are exported for the launcher: a one-process stage drops them, else its Composer Trainer
+# (train-encoder) would wait for ranks that never come.
 LAUNCHED = ("text-pretrain", "mixed-cooldown", "finetune", "evaluate")
 RENDEZVOUS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -61,6 +62,32 @@ def has_avx2() -> bool:
     return " avx2 " in f"{flags.rstrip()} "
 
 
+def processes(nproc: int | str) -> int:
+    """`train.nproc` as a number: "auto" is one process per GPU of this machine, one without GPUs."""
+    if nproc != "auto":
+        return int(nproc)
+    import torch  # only here: the params check before it stays free of torch
+
+    return torch.cuda.device_count() or 1
+
+
+def launch(stage: str, cfg: Config) -> int:
+    """Start `stage` in `train.nproc` processes on this machine under Composer's launcher (which
+    reads the rendezvous of several machines from the environment); it runs this module again in
+    each process, where LOCAL_RANK is set."""
+    n = processes(cfg.train.nproc)
+    errors = batch_split_errors(cfg, n)
+    if errors:
+        found = f" (train.nproc auto: {n} processes on this machine)" if cfg.train.nproc == "auto" else ""
+        print(f"{stage}: bad params{found}, nothing was run:\n" + "\n".join(f"{PARAMS_FILE}: {e}" for e in errors),
+              file=sys.stderr)
+        return 2
+    args = ["-n", str(n), "-m", "pipeline", stage]
+    print(f"{stage}: composer {' '.join(args)}" + (" (train.nproc: auto)" if cfg.train.nproc == "auto" else ""),
+          flush=True)
+    os.execv(sys.executable, [sys.executable, "-m", "composer.cli.launcher", *args])  # this Python's Composer
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or argv[0] not in STAGES:
         print(f"usage: python -m pipeline STAGE, STAGE one of: {', '.join(STAGES)}", file=sys.stderr)
@@ -70,6 +97,8 @@ def main(argv: list[str]) -> int:
     except ParamError as e:
         print(f"{argv[0]}: bad params, nothing was run:\n{e}", file=sys.stderr)
         return 2
+    if argv[0] in LAUNCHED and "LOCAL_RANK" not in os.environ:
+        return launch(argv[0], cfg)
     if argv[0] not in LAUNCHED:
         for key in RENDEZVOUS:
             os.environ.pop(key, None)

@@ -11,7 +11,7 @@ or group (a DVC bar plot: `dvc plots diff EXP_A EXP_B` sets experiments side by 
 logs/eval_diagnostics.json, what the answers look like and warnings (also printed) when their form
 cannot match the ground truth; logs/eval_examples.json, a few answers.
 
-Started by Composer's launcher (`composer -n ${train.nproc}`): several processes split every task
+Started by Composer's launcher (`composer -n <train.nproc>`): several processes split every task
 by whole batches and gather the answers, so the scores equal one process's.
 """
 

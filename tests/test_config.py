@@ -204,6 +204,8 @@ CASES: dict[str, Case] = {
                             finetune__batch_size=30), (
         "`pretrain.batch_size`", "`pretrain.batch_size` 16 is not divisible by `train.nproc` 3", "batch / nproc")),
     "nproc-zero": Case(put(train__nproc=0), ("`train.nproc`", "`train.nproc` must be >= 1, got 0")),
+    "nproc-word": Case(put(train__nproc="all"), (
+        "`train.nproc`", "`train.nproc` must be an integer or \"auto\", got 'all' (str)")),
     "remote-not-url": Case(put(shard__remote="bucket/shards"), (
         "`shard.remote`", "must be a URL such as s3://bucket/path", "'bucket/shards'")),
 }
@@ -408,12 +410,48 @@ def test_stage_with_good_params_checks_before_importing_the_stage(tmp_path):
         "m.importlib = types.SimpleNamespace(import_module=fake)\n"
         "print('rc', m.main(['text-pretrain']))\n"
     )
-    proc = run_py("-c", code, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**ENV, "LOCAL_RANK": "0"},
+                          capture_output=True, text=True, timeout=60)  # a process the launcher started
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["import pipeline.text_pretrain False", "run Config 0", "rc 0"]
 
     proc = run_py("-m", "pipeline", "no-such-stage", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("usage: python -m pipeline STAGE")
+
+
+# Runs main() with os.execv stubbed: prints the launcher's arguments instead of starting it; argv[1]
+# is the number of GPUs torch.cuda.device_count() reports.
+LAUNCH = """
+import os, sys
+import torch
+torch.cuda.device_count = lambda: int(sys.argv[1])
+os.execv = lambda exe, args: print("execv", exe == sys.executable, *args[1:])
+from pipeline.__main__ import main
+print("rc", main(["text-pretrain"]))
+"""
+
+
+@pytest.mark.parametrize(("nproc", "gpus", "n"), [(1, 4, "1"), (2, 0, "2"), ("auto", 0, "1"), ("auto", 4, "4")])
+def test_a_launched_stage_starts_composer_with_train_nproc_processes(tmp_path, nproc, gpus, n):
+    """`python -m pipeline text-pretrain` hands itself to Composer's launcher (this Python's), with
+    `train.nproc` processes: a number as written; "auto" one per GPU, one on a machine without."""
+    (tmp_path / "params.yaml").write_text(PARAMS.read_text().replace("  nproc: 1 ", f"  nproc: {nproc} "))
+    proc = run_py("-c", LAUNCH, str(gpus), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    auto = " (train.nproc: auto)" if nproc == "auto" else ""
+    assert proc.stdout.splitlines() == [f"text-pretrain: composer -n {n} -m pipeline text-pretrain{auto}",
+                                        f"execv True -m composer.cli.launcher -n {n} -m pipeline text-pretrain",
+                                        "rc None"]
+
+
+def test_auto_processes_that_cannot_split_a_batch_fail_at_launch(tmp_path):
+    """The batch check of "auto" waits for the GPUs to be counted, then fails as the params check does."""
+    (tmp_path / "params.yaml").write_text(PARAMS.read_text().replace("  nproc: 1 ", "  nproc: auto "))
+    proc = run_py("-c", LAUNCH, "3", cwd=tmp_path)
+    assert proc.stdout.splitlines() == ["rc 2"], proc.stdout + proc.stderr
+    assert proc.stderr.startswith("text-pretrain: bad params (train.nproc auto: 3 processes on this machine), "
+                                  "nothing was run:\n")
+    assert "params.yaml: `pretrain.batch_size` 16 is not divisible by `train.nproc` 3" in proc.stderr
 
 
 # ---- 4. the schema agrees with the code and the file -------------------------------------------

@@ -140,14 +140,17 @@ def test_collective_settings_slurm_variables_and_data_folders_reach_the_containe
     assert proc.returncode == 1 and "VLM_MOUNTS: relative/data is not an absolute path" in proc.stderr
 
 
-def test_the_slurm_job_starts_node_0_through_dvc_and_the_others_with_the_stages_command(tmp_path):
+@pytest.mark.parametrize("nproc", ["8", "auto"])
+def test_the_slurm_job_starts_node_0_through_dvc_and_the_others_with_the_stages_command(tmp_path, nproc):
     """containers/slurm.sbatch as SLURM runs it, with `srun` and `scontrol` standing in: one task per
-    node (SLURM_NODEID 0 and 1), each through containers/run (a fake engine that prints its arguments)."""
+    node (SLURM_NODEID 0 and 1), each through containers/run (a fake engine that prints its arguments).
+    `train.nproc: auto` counts the node's GPUs as SLURM gave them (SLURM_GPUS_ON_NODE)."""
     repo = tmp_path / "repo"
     (repo / "containers").mkdir(parents=True)
     for name in ("run", "slurm.sbatch", "slurm-node"):
         shutil.copy2(ROOT / "containers" / name, repo / "containers" / name)
-    (repo / "params.yaml").write_text("train:\n  nproc: 8  # GPUs per node\n  microbatch_size: 0\nresume: {}\n")
+    (repo / "params.yaml").write_text(f"train:\n  nproc: {nproc}  # GPUs per node\n  microbatch_size: 0\n"
+                                      "resume: {}\n")
     bin_dir = fake_bin(tmp_path)
     for tool in ("head", "sed", "sleep", "pwd"):
         os.symlink(shutil.which(tool), bin_dir / tool)
@@ -159,7 +162,8 @@ def test_the_slurm_job_starts_node_0_through_dvc_and_the_others_with_the_stages_
     for tool in ("scontrol", "srun"):
         (bin_dir / tool).chmod(0o755)
     env = {"PATH": str(bin_dir), "HOME": str(tmp_path), "SLURM_JOB_NODELIST": "gpu-[a-b]", "SLURM_NNODES": "2",
-           "SLURM_SUBMIT_DIR": str(repo), "NCCL_SOCKET_IFNAME": "ib0", "VLM_IMAGE_KIND": "gpu"}
+           "SLURM_SUBMIT_DIR": str(repo), "NCCL_SOCKET_IFNAME": "ib0", "VLM_IMAGE_KIND": "gpu",
+           "SLURM_GPUS_ON_NODE": "8"}
     proc = subprocess.run(["bash", str(repo / "containers/slurm.sbatch"), "text-pretrain"], cwd=tmp_path,
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
@@ -172,8 +176,8 @@ def test_the_slurm_job_starts_node_0_through_dvc_and_the_others_with_the_stages_
         assert args[args.index("vlm-recipe:gpu") - 2:args.index("vlm-recipe:gpu")] == ["--network", "host"]
         command = args[args.index("vlm-recipe:gpu") + 1:]
         assert command == (["dvc", "repro", "--single-item", "--force", "text-pretrain"] if rank == 0 else
-                           ["composer", "-n", "8", "-m", "pipeline", "text-pretrain"])
-        assert f"node {rank} of 2, 8 processes each, rendezvous gpu-a:29500" in out
+                           ["python", "-m", "pipeline", "text-pretrain"])
+        assert f"node {rank} of 2, 8 processes each (16 in all), rendezvous gpu-a:29500" in out
 
 
 @pytest.mark.parametrize("script", ["containers/run", "containers/test-image", "containers/slurm.sbatch",

@@ -42,11 +42,13 @@ class ParamError(ValueError):
 
 
 def spec(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-         choices: tuple | None = None, exists: str | None = None, default: Any = dataclasses.MISSING) -> Any:
+         choices: tuple | None = None, exists: str | None = None, auto: bool = False,
+         default: Any = dataclasses.MISSING) -> Any:
     """Field metadata: inclusive bounds (`lo_open` excludes `lo`), allowed values, or a path that
-    must exist (`exists` = "file", "dir" or "any") when it is not null. Only the entries of a source
-    list have defaults (a key left out takes it); every section key must be written out."""
-    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "exists": exists}
+    must exist (`exists` = "file", "dir" or "any") when it is not null; `auto`: an integer field that
+    also takes "auto" (decided at run time). Only the entries of a source list have defaults (a key
+    left out takes it); every section key must be written out."""
+    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "exists": exists, "auto": auto}
     return field(default=default, metadata=meta)
 
 
@@ -275,11 +277,13 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How the training stages run (text-pretrain, mixed-cooldown, finetune): `dvc.yaml` starts them
-    with Composer's launcher, `composer -n ${train.nproc}`. Every batch size stays the global batch;
-    each process takes batch / processes of it (tests/test_multiprocess.py)."""
+    """How the training stages run (text-pretrain, mixed-cooldown, finetune, evaluate): `python -m
+    pipeline STAGE` starts them under Composer's launcher, `composer -n <processes>`. Every batch
+    size stays the global batch; each process takes batch / processes of it (tests/test_multiprocess.py)."""
 
-    nproc: int = spec(1)  # processes on this machine (GPUs on a GPU node; gloo processes on a CPU)
+    # processes on this machine (GPUs on a GPU node; gloo processes on a CPU); "auto": one per GPU
+    # of the machine, one on a machine without GPUs (pipeline/__main__.py counts them at launch)
+    nproc: int | str = spec(1, auto=True)
     microbatch_size: int = spec(0)  # samples per forward/backward in each process (0 = its whole share)
     # Sort each process's rows by length and run the short and the long ones as two microbatches, each
     # padded only to its own longest row: less work, the same step (vlm/data/batches.py, Collator.split).
@@ -371,11 +375,11 @@ def _keys(cls: type, prefix: str = "") -> list[str]:
 ALL_KEYS = _keys(Config)
 
 
-def _type_name(hint: Any) -> str:
+def _type_name(hint: Any, auto: bool = False) -> str:
     if hint is bool:
         return "a boolean (true/false)"
     if hint is int:
-        return "an integer"
+        return "an integer" + (' or "auto"' if auto else "")
     if hint is float:
         return "a number"
     if hint is str:
@@ -387,6 +391,10 @@ def _type_name(hint: Any) -> str:
 
 def _check_value(key: str, value: Any, hint: Any, meta: dict, errors: list[str]) -> Any:
     """The value converted to the field's type (int -> float), or None with an error appended."""
+    if meta.get("auto"):  # `int | str`: an integer, or "auto"
+        if value == "auto":
+            return value
+        hint = int
     optional = isinstance(hint, types.UnionType)  # `str | None`: an optional path
     if optional:
         if value is None or value == "":
@@ -416,7 +424,7 @@ def _check_value(key: str, value: Any, hint: Any, meta: dict, errors: list[str])
         hint_text = ""
         if hint is float and isinstance(value, str) and _is_number(value):
             hint_text = f"; YAML reads {value} as text: write it with a decimal point, e.g. {float(value)!r}"
-        expected = _type_name(hint) + (" or null" if optional else "")
+        expected = _type_name(hint, bool(meta.get("auto"))) + (" or null" if optional else "")
         errors.append(f"`{key}` must be {expected}, got {value!r} ({type(value).__name__}){hint_text}")
         return None
     if hint is float:
@@ -530,14 +538,8 @@ def cross_checks(cfg: Config) -> list[str]:
         errors.append(f"`cooldown.batch_size` {cd.batch_size} is smaller than the {active} mixed sources")
     if cd.warmup_steps > cd.steps:
         errors.append(f"`cooldown.warmup_steps` {cd.warmup_steps} is longer than `cooldown.steps` {cd.steps}")
-    for key in ("pretrain.batch_size", "cooldown.batch_size", "finetune.batch_size"):
-        share = section(cfg, key) // cfg.train.nproc
-        if cfg.train.microbatch_size > share:
-            errors.append(f"`train.microbatch_size` {cfg.train.microbatch_size} is larger than a process's share of "
-                          f"`{key}` ({section(cfg, key)} / `train.nproc` {cfg.train.nproc} = {share})")
-        if section(cfg, key) % cfg.train.nproc:
-            errors.append(f"`{key}` {section(cfg, key)} is not divisible by `train.nproc` {cfg.train.nproc}: the "
-                          "global batch is split evenly over the training processes (batch / nproc each)")
+    if cfg.train.nproc != "auto":  # else checked at launch, once the GPUs are counted
+        errors += batch_split_errors(cfg, cfg.train.nproc)
     remote = cfg.shard.remote
     if remote is not None and "://" not in remote and not Path(remote).is_absolute():
         errors.append(f"`shard.remote` must be a URL such as s3://bucket/path (or an absolute folder), got {remote!r}")
@@ -623,6 +625,20 @@ def load(path: str | Path = PARAMS_FILE) -> Config:
             where += f" ({e.context} at line {context.line + 1})"
         raise ParamError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from e
     return parse(raw, str(path))
+
+
+def batch_split_errors(cfg: Config, nproc: int) -> list[str]:
+    """What stops `nproc` processes on this machine from splitting every global batch evenly."""
+    errors = []
+    for key in ("pretrain.batch_size", "cooldown.batch_size", "finetune.batch_size"):
+        share = section(cfg, key) // nproc
+        if cfg.train.microbatch_size > share:
+            errors.append(f"`train.microbatch_size` {cfg.train.microbatch_size} is larger than a process's share of "
+                          f"`{key}` ({section(cfg, key)} / `train.nproc` {nproc} = {share})")
+        if section(cfg, key) % nproc:
+            errors.append(f"`{key}` {section(cfg, key)} is not divisible by `train.nproc` {nproc}: the "
+                          "global batch is split evenly over the training processes (batch / nproc each)")
+    return errors
 
 
 def section(cfg: Config, dotted: str) -> Any:
