@@ -74,7 +74,7 @@ def resume_for(stage: str, cfg: Config) -> Resume:
         params = {name: section(cfg, name) for name in spec.get("params", [])}
         key = [fingerprint(params, [Path(d) for d in spec["deps"]])]
     dist.broadcast_object_list(key, src=0)
-    return Resume.of(stage, key[0], cfg.resume.checkpoint_interval, Path(cfg.resume.folder))
+    return Resume.of(stage, key[0], cfg.resume.checkpoint_interval, cfg.resume.folder)
 
 
 def curve_paths(stage: str) -> dict[str, Path]:

@@ -206,6 +206,8 @@ CASES: dict[str, Case] = {
     "nproc-zero": Case(put(train__nproc=0), ("`train.nproc`", "`train.nproc` must be >= 1, got 0")),
     "nproc-word": Case(put(train__nproc="all"), (
         "`train.nproc`", "`train.nproc` must be an integer or \"auto\", got 'all' (str)")),
+    "resume-not-s3": Case(put(resume__folder="gs://bucket/ckpt"), (
+        "`resume.folder`", "must be a folder or an s3://bucket/path URI", "'gs://bucket/ckpt'")),
     "remote-not-url": Case(put(shard__remote="bucket/shards"), (
         "`shard.remote`", "must be a URL such as s3://bucket/path", "'bucket/shards'")),
 }

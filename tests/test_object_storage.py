@@ -1,6 +1,7 @@
 """Shards and artifacts on S3-compatible object storage, against a local S3 server (moto) on the
 loopback address with dummy credentials: Streaming uploads and streams the shards
-(`shard.remote`), DVC pushes and pulls every artifact (a `dvc remote` with dvc-s3)."""
+(`shard.remote`), DVC pushes and pulls every artifact (a `dvc remote` with dvc-s3), resume
+checkpoints live on S3 (`resume.folder`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from dvcrepo import make_repo, run
+from dvcrepo import make_repo, ran, run
 from moto.server import ThreadedMotoServer
 
 from pipeline.paths import shards_key
@@ -29,7 +30,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory) -> dict[str, str]:
-    """A local S3 server with two buckets; the environment that points boto3, Streaming and DVC at it."""
+    """A local S3 server with three buckets; the environment that points boto3, Streaming and DVC at it."""
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
@@ -38,7 +39,7 @@ def s3(tmp_path_factory) -> dict[str, str]:
            "S3_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
     client = boto3.client("s3", endpoint_url=env["S3_ENDPOINT_URL"], aws_access_key_id="testing",
                           aws_secret_access_key="testing", region_name="us-east-1")
-    for bucket in ("vlm-shards", "vlm-dvc"):
+    for bucket in ("vlm-shards", "vlm-dvc", "vlm-ckpt"):
         client.create_bucket(Bucket=bucket)
     yield {**env, "client": client}
     server.stop()
@@ -125,3 +126,31 @@ def test_dvc_pushes_and_pulls_every_artifact_through_s3(s3, tmp_path):
     run(repo, "dvc", "pull", "--with-deps", "text-pretrain", env=env)
     assert "up to date" in run(repo, "dvc", "status", "text-pretrain", env=env).stdout
     assert digests(repo / "data") == before
+
+
+def test_a_job_restarted_in_another_clone_resumes_from_checkpoints_on_s3(s3, tiny_baseline, tmp_path):
+    """`resume.folder: s3://...`: text-pretrain killed after step 7 in one clone (checkpoints every 3
+    steps, branch points every 2) has its last checkpoint and every branch point on S3; another
+    clone, sharing nothing else, resumes from them to the uninterrupted run's losses, then clears S3."""
+    env = {k: v for k, v in s3.items() if k != "client"}
+    client = s3["client"]
+    params = {"resume.checkpoint_interval": 3, "resume.folder": "s3://vlm-ckpt/runs"}
+    first = make_repo(tmp_path / "first", **params)
+    proc = run(first, "dvc", "repro", "text-pretrain", check=False, env={**env, "VLM_CRASH_AT": "text-pretrain:step7"})
+    assert proc.returncode != 0 and ran(proc)[-1] == "text-pretrain"
+    names = objects(client, "vlm-ckpt", "runs/text-pretrain/")
+    (run_folder,) = {n.split("/")[2] for n in names}  # runs/text-pretrain/<fingerprint>/...
+    files = {n.split("/", 3)[3] for n in names}
+    assert "ba6.pt" in files and not {f for f in files if f.endswith(".pt")} - {"ba6.pt"}  # the last one only
+    assert {f.split("/")[1] for f in files if f.startswith("branch_points/")} == {"ba2", "ba4", "ba6"}
+    local = first / "checkpoints/text-pretrain" / run_folder
+    assert files == {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file() and not p.is_symlink()}
+
+    again = make_repo(tmp_path / "again", **params)  # nothing of the first clone's but the bucket
+    proc = run(again, "dvc", "repro", "text-pretrain", env=env)
+    assert f"text-pretrain: resumed from the checkpoint at step 6 in s3://vlm-ckpt/runs/text-pretrain/{run_folder}" \
+        in proc.stdout
+    val = json.loads((again / "metrics/pretrain.json").read_text())["val_loss"]
+    assert val == json.loads((tiny_baseline.parent / "first-metrics-pretrain.json").read_text())["val_loss"]
+    assert (again / "data/pretrain").is_dir() and not (again / "checkpoints/text-pretrain").exists()
+    assert objects(client, "vlm-ckpt", "runs/") == []  # removed once the stage's outputs were written

@@ -313,8 +313,9 @@ class ResumeConfig:
 
     checkpoint_interval: int = spec(0)  # steps between resume checkpoints; 0 = none
     # Where they live, in <folder>/<stage>/<fingerprint>/: a folder of the repository (this machine's
-    # disk), or an absolute path on a file system that every node and every later job sees, so that
-    # a job restarted on other nodes resumes too.
+    # disk), an absolute path on a file system that every node and every later job sees, or an
+    # s3:// URI (a copy of this repository's checkpoints/ kept there), so that a job restarted on
+    # other nodes resumes too.
     folder: str = spec()
 
 
@@ -543,6 +544,10 @@ def cross_checks(cfg: Config) -> list[str]:
     remote = cfg.shard.remote
     if remote is not None and "://" not in remote and not Path(remote).is_absolute():
         errors.append(f"`shard.remote` must be a URL such as s3://bucket/path (or an absolute folder), got {remote!r}")
+    folder = cfg.resume.folder
+    if "://" in folder and not (folder.startswith("s3://") and folder[5:].strip("/")):
+        errors.append(f"`resume.folder` must be a folder or an s3://bucket/path URI (no other object store), "
+                      f"got {folder!r}")
     if p.source == "files":
         errors += _files_checks(p.files)
     for key, folder in (("tokenize.tokenizer", USER_TOKENIZER), ("vision.pretrained", USER_ENCODER)):

@@ -1,6 +1,7 @@
 """Crash recovery for the training stages, with Composer's autoresume.
 
-A stage's resume checkpoints live in `checkpoints/<stage>/<fingerprint>/`, outside the DVC outputs.
+A stage's resume checkpoints live in `checkpoints/<stage>/<fingerprint>/`, outside the DVC outputs
+(or under `resume.folder`: another folder, or with an s3:// URI a copy on S3, vlm/training/mirror.py).
 The fingerprint hashes the params the stage reads and the contents of every dependency it has
 (code and data), so a checkpoint made with other params, code or inputs is never picked up: a
 changed run simply gets another folder. The folder is removed once the stage's outputs are written.
@@ -25,17 +26,26 @@ class Resume:
     folder: Path  # where Composer saves and autoresume looks
     run_name: str  # the Composer run name, `<stage>-<fingerprint>`
     interval: int  # batches between checkpoints; 0 = no checkpoints, nothing to resume from
+    remote: str | None = None  # s3://.../<stage>/<fingerprint>: the copy of `folder` any machine can pull
 
     @classmethod
-    def of(cls, stage: str, fingerprint: str, interval: int, root: Path = ROOT) -> Resume:
-        """`root`: `resume.folder` (this repository's checkpoints/ unless told otherwise)."""
-        return cls(Path(root) / stage / fingerprint, f"{stage}-{fingerprint}", interval)
+    def of(cls, stage: str, fingerprint: str, interval: int, root: str | Path = ROOT) -> Resume:
+        """`root`: `resume.folder`, a folder (this repository's checkpoints/ unless told otherwise) or
+        an s3:// URI, whose local copy is then this repository's checkpoints/."""
+        run_name = f"{stage}-{fingerprint}"
+        if str(root).startswith("s3://"):
+            return cls(ROOT / stage / fingerprint, run_name, interval, f"{str(root).rstrip('/')}/{stage}/{fingerprint}")
+        return cls(Path(root) / stage / fingerprint, run_name, interval)
 
     def done(self) -> None:
         """The stage's outputs are complete: its resume checkpoints are no longer needed."""
         shutil.rmtree(self.folder, ignore_errors=True)
         if self.folder.parent.is_dir() and not any(self.folder.parent.iterdir()):
             self.folder.parent.rmdir()
+        if self.remote is not None:
+            from vlm.training.mirror import RemoteMirror  # boto3 only where S3 is used
+
+            RemoteMirror(self.folder, self.remote).clear()
 
 
 def _hash_file(h: Any, path: Path) -> None:

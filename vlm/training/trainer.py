@@ -15,6 +15,7 @@ from composer.optim.scheduler import ComposerScheduler
 from composer.utils import dist, reproducibility
 
 from vlm.training.callbacks import CurvesCSV, Health
+from vlm.training.mirror import RemoteMirror
 from vlm.training.resume import Resume, check_disk_space, checkpoint_bytes
 
 
@@ -96,7 +97,8 @@ def make_trainer(
 
     With `resume` (and a positive interval) it saves a checkpoint every `resume.interval` batches in
     `resume.folder` and autoresumes from the latest one there: model, optimizer, scheduler, the
-    Streaming loader's position and every callback's state.
+    Streaming loader's position and every callback's state. With `resume.remote` that folder is
+    first pulled from S3 and pushed back after every checkpoint (vlm/training/mirror.py).
 
     `loss_per_token`: the loss is a mean over the batch's loss tokens (`loader`'s DataSpec counts
     them), so Composer weights each process's (and microbatch's) loss by its share of those tokens:
@@ -113,6 +115,11 @@ def make_trainer(
     saving = resume is not None and resume.interval > 0
     if saving:
         check_disk_space(resume.folder, checkpoint_bytes(model), f"the {stage} resume checkpoint")
+    mirror = RemoteMirror(resume.folder, resume.remote) if saving and resume.remote else None
+    if mirror is not None:
+        if dist.get_local_rank() == 0:  # every machine needs the checkpoint to resume
+            mirror.pull()
+        dist.barrier()
     trainer = Trainer(
         model=model,
         train_dataloader=train,
@@ -139,6 +146,8 @@ def make_trainer(
         seed=seed,
         python_log_level="error",
     )
+    if mirror is not None:
+        trainer.state.callbacks.append(mirror)  # after Composer's CheckpointSaver: pushes what it saved
     world = dist.get_world_size()
     if world > 1 and is_main():
         print(f"{stage}: {world} processes ({dist.get_local_world_size()} on this machine), "
@@ -148,7 +157,7 @@ def make_trainer(
               f"{trainer.state.device_train_microbatch_size} samples", flush=True)
     done = trainer.state.timestamp.batch.value
     if done:
-        print(f"{stage}: resumed from the checkpoint at step {done} in {resume.folder}", flush=True)
+        print(f"{stage}: resumed from the checkpoint at step {done} in {resume.remote or resume.folder}", flush=True)
     return trainer
 
 
