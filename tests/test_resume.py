@@ -136,6 +136,43 @@ def test_a_job_restarted_in_another_clone_resumes_from_the_shared_resume_folder(
     assert not (shared / "text-pretrain").exists()  # removed once the stage's outputs were written
 
 
+def test_the_s3_mirror_holds_one_whole_checkpoint_and_gives_a_new_machine_the_latest(tmp_path, monkeypatch):
+    """vlm/training/mirror.py against moto's in-process S3: a push uploads what is new and deletes what
+    Composer dropped; a pull on an empty folder restores every file and Composer's latest pointer;
+    clear empties the bucket's copy."""
+    import boto3
+    from moto import mock_aws
+
+    from vlm.training.mirror import LATEST, RemoteMirror
+
+    monkeypatch.delenv("S3_ENDPOINT_URL", raising=False)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    uri = "s3://ckpt-bucket/runs/text-pretrain/0123abcd"
+    with mock_aws():
+        boto3.client("s3").create_bucket(Bucket="ckpt-bucket")
+        here = tmp_path / "node0"
+        (here / "branch_points/ba2").mkdir(parents=True)
+        (here / "branch_points/ba2/model.safetensors").write_bytes(b"w2")
+        (here / "ba3.pt").write_bytes(b"step 3")
+        mirror = RemoteMirror(here, uri)
+        mirror.push()
+        assert sorted(mirror.remote_files()) == ["ba3.pt", "branch_points/ba2/model.safetensors"]
+        (here / "ba3.pt").unlink()  # Composer keeps one checkpoint
+        (here / "ba6.pt").write_bytes(b"step 6")
+        mirror.push()
+        assert sorted(mirror.remote_files()) == ["ba6.pt", "branch_points/ba2/model.safetensors"]
+
+        there = tmp_path / "node1"
+        RemoteMirror(there, uri).pull()
+        assert (there / "ba6.pt").read_bytes() == b"step 6"
+        assert (there / "branch_points/ba2/model.safetensors").read_bytes() == b"w2"
+        assert os.readlink(there / LATEST) == "ba6.pt"
+        mirror.clear()
+        assert mirror.remote_files() == []
+
+
 # ---- which checkpoint a run may resume from ------------------------------------------------------
 
 def test_the_resume_folder_is_keyed_by_params_code_and_data(tmp_path, monkeypatch):
