@@ -12,7 +12,7 @@ BIN := /opt/venv/bin
 STAMP :=
 endif
 
-.PHONY: install lock repro test test-all lint check-params study bench clean-venv
+.PHONY: install lock repro test test-all lint check-params study bench gpu-check clean-venv
 
 # Every dependency comes from requirements.lock: exact versions with their hashes (pip refuses any
 # file whose hash differs), for Linux, macOS and Windows, CPU and CUDA alike (on Linux x86-64 the
@@ -67,6 +67,12 @@ study: install
 # The performance figures with their targets (python -m bench): printed and written to reports/bench.json
 bench: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m bench $(BENCH_ARGS)
+
+# FSDP at the 1.4b preset on every GPU of this machine, a few minutes (bench/fsdp.py): step time, tokens/s,
+# peak memory, a resume from its checkpoint and the gathered weights, in reports/fsdp_check.json
+gpu-check: install
+	$(BIN)/python -m composer.cli.launcher -n $$($(BIN)/python -c "import torch; print(torch.cuda.device_count())") \
+		-m bench.fsdp
 
 lint: install
 	$(BIN)/ruff check .

@@ -77,14 +77,15 @@ def run(cfg: Config) -> None:
     trainer = make_trainer(
         ComposerLM(vlm), train, f"{cd.steps}ba", plan.peak_lr, plan.scheduler(),
         "mixed-cooldown", cfg.branch_seed, **curve_paths("cooldown"), resume=resume, callbacks=[share],
-        microbatch_size=cfg.train.microbatch_size,
+        microbatch_size=cfg.train.microbatch_size, fsdp=cfg.train.fsdp,
     )
     trainer.fit()
+    weights = store.full_weights(vlm)  # with FSDP: every process hands in its shards
     trainer.close()
     if not is_main():  # the first process writes the outputs
         return
     with atomic_dir(COOLDOWN) as tmp:
-        store.save(vlm, tmp)
+        store.save(vlm, tmp, weights=weights)
     resume.done()
     realised = share.shares()
     write_metrics("cooldown", {

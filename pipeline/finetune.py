@@ -38,14 +38,15 @@ def run(cfg: Config) -> None:
     trainer = make_trainer(
         ComposerLM(vlm), train, f"{ft.epochs}ep", ft.lr, warmup_cosine_scheduler(ft.warmup_steps, ft.final_lr_ratio),
         "finetune", cfg.branch_seed, **curve_paths("finetune"), resume=resume,
-        microbatch_size=cfg.train.microbatch_size,
+        microbatch_size=cfg.train.microbatch_size, fsdp=cfg.train.fsdp,
     )
     trainer.fit()
+    weights = store.full_weights(vlm)  # with FSDP: every process hands in its shards
     trainer.close()
     if not is_main():  # the first process writes the outputs
         return
     with atomic_dir(FINETUNE) as tmp:
-        store.save(vlm, tmp)
+        store.save(vlm, tmp, weights=weights)
     resume.done()
     write_metrics("finetune", {"epochs": ft.epochs, **count_params(vlm)}, time.time() - t0)
     print(f"finetune: done in {time.time() - t0:.0f}s", flush=True)

@@ -56,7 +56,7 @@ def run(cfg: Config) -> None:
         ComposerLM(lm), train, f"{pt.steps}ba", pt.lr, warmup_cosine_scheduler(pt.warmup_steps, pt.final_lr_ratio),
         "text-pretrain", cfg.seed, **curve_paths("pretrain"), resume=resume, weight_decay=pt.weight_decay,
         eval_data=val, eval_interval=at_branch_point, callbacks=[SaveWeightsAt(lm, save_at, staged)],
-        microbatch_size=cfg.train.microbatch_size,
+        microbatch_size=cfg.train.microbatch_size, fsdp=cfg.train.fsdp,
     )
     trainer.fit()
     val_loss = curves_of(trainer).column("val_loss")

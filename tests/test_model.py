@@ -289,6 +289,25 @@ def test_text_only_vlm_is_the_lm():
         torch.testing.assert_close(vlm(ids), vlm.lm(ids), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("freeze", [True, False])
+def test_every_step_images_gives_zero_gradients_not_none_and_the_same_logits(freeze):
+    """Under FSDP (`every_step_images`) a text-only batch still runs the image path, weighted 0: the
+    logits stay the same bit for bit, and the projector (and an unfrozen encoder) get gradients of 0."""
+    vlm = tiny_vlm(freeze=freeze).train()
+    ids = torch.randint(4, VOCAB, (2, 10))
+    plain = vlm(ids)
+    plain.sum().backward()
+    assert all(p.grad is None for p in vlm.projector.parameters())
+    vlm.every_step_images = True
+    logits = vlm(ids)
+    torch.testing.assert_close(logits, plain, rtol=0, atol=0)
+    logits.sum().backward()
+    image_path = [*vlm.projector.parameters(), *([] if freeze else vlm.encoder.parameters())]
+    assert all(p.grad is not None and not p.grad.any() for p in image_path)
+    if freeze:
+        assert all(p.grad is None for p in vlm.encoder.parameters())
+
+
 def test_placeholder_count_mismatch_is_an_error():
     vlm = tiny_vlm()
     ids, _ = vlm_batch(vlm.num_image_tokens)

@@ -12,7 +12,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from dvcrepo import BIN, csv_column, run, set_params
+from dvcrepo import BIN, ROOT, csv_column, run, set_params
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 
@@ -102,6 +103,54 @@ def test_two_processes_train_the_same_model_as_one(repo):
     assert json.loads((repo / "metrics/cooldown.json").read_text())["realised_token_share"] == one_share
     assert (repo / "dvc.lock").read_text().count("nproc: 2") == 3
     assert not list((repo / "checkpoints").glob("*/*")), "a resume folder was left behind"
+
+
+def test_fsdp_trains_the_same_model_as_one_process(repo):
+    """`train.fsdp`: two processes that each hold half of every weight, gradient and Adam moment
+    (FSDP2, gloo) follow one process's curves to float rounding, branch points and stage outputs
+    are whole weights that load as before, and a run stopped mid-stage resumes from its checkpoint."""
+    curves = ("pretrain", "cooldown", "finetune")
+    one = {c: csv_column(repo / f"logs/{c}.csv", "loss") for c in curves}
+    one_weights = {f: load_file(repo / f / "model.safetensors") for f in ("data/cooldown", "data/finetune")}
+
+    set_params(repo, **{"train.nproc": 2, "train.fsdp": True, "resume.checkpoint_interval": 2})
+    proc = run(repo, "dvc", "repro", "finetune")
+    assert "text-pretrain: 2 processes (2 on this machine), 2 samples each per step; weights, gradients and " \
+           "optimizer state sharded over them (FSDP2)" in proc.stdout
+    for c in curves:
+        two = csv_column(repo / f"logs/{c}.csv", "loss")
+        assert two.keys() == one[c].keys(), c
+        for step, loss in one[c].items():
+            assert two[step] == pytest.approx(loss, rel=1e-3), (c, step)
+    for folder, weights in one_weights.items():
+        sharded = load_file(repo / folder / "model.safetensors")
+        assert sharded.keys() == weights.keys(), folder
+        for name, w in weights.items():
+            assert sharded[name].shape == w.shape and sharded[name].dtype == w.dtype, (folder, name)
+            # Adam turns rounding-level gradient differences into visible steps only where a gradient
+            # is near zero; the weights as a whole stay within a small part of one LR step
+            assert (sharded[name] - w).abs().mean() < 1e-4, (folder, name)
+    run(repo, str(BIN / "python"), "-m", "pipeline", "evaluate")  # the gathered weights load and evaluate
+
+    # stopped after step 3 of the fine-tuning: resumes from the step-2 checkpoint (whole state, gathered)
+    finished = csv_column(repo / "logs/finetune.csv", "loss")
+    set_params(repo, **{"finetune.lr": 0.0004})
+    failed = run(repo, "dvc", "repro", "finetune", check=False, env={"VLM_CRASH_AT": "finetune:step3"})
+    assert failed.returncode != 0
+    proc = run(repo, "dvc", "repro", "finetune")
+    assert "finetune: resumed from the checkpoint at step 2" in proc.stdout
+    assert csv_column(repo / "logs/finetune.csv", "loss").keys() == finished.keys()
+
+
+def test_the_fsdp_gpu_check_runs_on_the_cpu(tmp_path):
+    """`make gpu-check`'s script at tiny shapes on 2 gloo processes: one process's rows all hold an
+    image and the other's none, it resumes from its checkpoint and the gathered weights are whole."""
+    out = tmp_path / "fsdp.json"
+    run(ROOT, str(BIN / "composer"), "-n", "2", "-m", "bench.fsdp", "--quick", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert report["processes"] == 2 and report["resumed_at"] == 4 and report["checkpoint"] == "ba4.pt"
+    assert report["saved_weights_match_the_model"]
+    assert report["tokens_per_sec"] > 0
 
 
 def test_a_batch_the_processes_cannot_split_fails_before_training(repo):

@@ -289,6 +289,10 @@ class TrainConfig:
     # padded only to its own longest row: less work, the same step (vlm/data/batches.py, Collator.split).
     # One process only: with several (DDP) it is off, as every process must run the same microbatches.
     split_by_length: bool = spec()
+    # Shard the weights, gradients and optimizer state over the processes (FSDP2, through Composer's
+    # parallelism_config) instead of a whole copy in each (DDP): for models whose training state does
+    # not fit one GPU (the 1.4b preset). Each transformer block, and the image encoder, is one unit.
+    fsdp: bool = spec()
 
 
 @dataclass(frozen=True)

@@ -166,6 +166,11 @@ class LM(nn.Module):
             for proj in (block.attn.out, block.ffn.w3):
                 nn.init.normal_(proj.weight, mean=0.0, std=std / math.sqrt(2 * self.cfg.n_layer))
 
+    def fsdp_wrap_fn(self, module: nn.Module) -> bool:
+        """FSDP's units (Composer asks this of every submodule): each block gathers its weights for
+        its own forward and backward only; the embeddings and the head stay with the root."""
+        return isinstance(module, Block)
+
     def embed(self, input_ids: Tensor) -> Tensor:
         """(B, T) token ids -> (B, T, d_model) input embeddings."""
         return self.tok_emb(input_ids)

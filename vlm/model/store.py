@@ -11,8 +11,11 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from safetensors.torch import load_model, save_model
+import torch
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.tensor import DTensor
 
 from vlm.model.lm import LM, LMConfig
 from vlm.model.vision import load_clip
@@ -21,13 +24,27 @@ from vlm.model.vlm import VLM, build_vlm
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 
-def save(module: nn.Module, folder: Path, extra: dict | None = None) -> None:
+def full_weights(module: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The whole weights of a module that FSDP shards, on the first process (an empty dict on the
+    others); None when it is not sharded (its own state dict is whole). Every process must call it:
+    gathering the shards is a collective."""
+    if not any(isinstance(p, DTensor) for p in module.parameters()):
+        return None
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def save(module: nn.Module, folder: Path, extra: dict | None = None,
+         weights: dict[str, torch.Tensor] | None = None) -> None:
+    """`weights`: what `full_weights` gathered when FSDP shards `module` (its own state otherwise)."""
     folder.mkdir(parents=True, exist_ok=True)
     lm = module.lm if isinstance(module, VLM) else module
     config = {"kind": "vlm" if isinstance(module, VLM) else "lm", "lm": asdict(lm.cfg), **(extra or {})}
     if isinstance(module, VLM):
         config["image_token_id"] = module.image_token_id
-    save_model(module, str(folder / WEIGHTS))
+    if weights is None:
+        save_model(module, str(folder / WEIGHTS))
+    else:
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / WEIGHTS), metadata={"format": "pt"})
     (folder / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 

@@ -224,6 +224,13 @@ class PatchEncoder(nn.Module):
     def width(self) -> int:
         return self._width
 
+    def blank(self) -> Tensor:
+        """One all-zero image of the size the tower takes: (1, 3, H, W)."""
+        trunk = getattr(self.visual, "trunk", None)
+        size = trunk.patch_embed.img_size if trunk is not None else self.visual.image_size
+        p = next(self.parameters())
+        return torch.zeros(1, 3, *size, device=p.device, dtype=p.dtype)
+
     def freeze(self) -> PatchEncoder:
         """No gradients, eval mode, and it stays in eval mode under `.train()`."""
         self.requires_grad_(False)

@@ -37,6 +37,16 @@ class VLM(nn.Module):
         self.projector = Projector(encoder.width, lm.cfg.d_model)
         self.image_token_id = image_token_id
         self.num_image_tokens = encoder.num_patches
+        # Under FSDP every process must reduce the same gradients in every step: a process whose
+        # (micro)batch holds no image then runs the image path on a blank image, weighted 0, so the
+        # projector (and an unfrozen encoder) get zero gradients there rather than none. Set by
+        # vlm.training.trainer.make_trainer.
+        self.every_step_images = False
+
+    def fsdp_wrap_fn(self, module: nn.Module) -> bool:
+        """FSDP's units: the LM's blocks (LM.fsdp_wrap_fn); the image encoder and the projector stay
+        with the root, whose weights every process gathers in every step (see `every_step_images`)."""
+        return self.lm.fsdp_wrap_fn(module)
 
     def image_embeds(self, images: Tensor) -> Tensor:
         """Pixels (n, 3, H, W), or cached encoder features (n, N, width) -> (n, N, d_model)."""
@@ -73,6 +83,8 @@ class VLM(nn.Module):
             # masked_scatter fills the True positions in row-major order: sample by sample, left to right.
             feats = self.image_embeds(images).to(embeds.dtype)
             embeds = embeds.masked_scatter(is_image.unsqueeze(-1), feats)
+        elif self.every_step_images and self.training:
+            embeds = embeds + 0.0 * self.image_embeds(self.encoder.blank()).sum().to(embeds.dtype)
         return self.lm.forward_embeds(embeds, pad_mask, cache)
 
 

@@ -152,7 +152,7 @@ def count_params(module: torch.nn.Module) -> dict[str, int]:
 
 class SaveWeightsAt(Callback):
     """Saves `module`'s weights (a `vlm.model.store` folder, safetensors) right after each of `steps`,
-    from the first process only (the others hold the same weights).
+    from the first process only (the others hold the same weights, or with FSDP their shards of them).
 
     The text run's branch points: results, unlike Composer's resume checkpoints, so they hold the
     weights alone and nothing that differs from run to run.
@@ -163,5 +163,7 @@ class SaveWeightsAt(Callback):
 
     def batch_end(self, state: State, logger: Logger) -> None:
         step = state.timestamp.batch.value
-        if step in self.steps and dist.get_global_rank() == 0:
-            store.save(self.module, self.folder / f"ba{step}")
+        if step in self.steps:
+            weights = store.full_weights(self.module)  # every process: FSDP's shards are gathered together
+            if dist.get_global_rank() == 0:
+                store.save(self.module, self.folder / f"ba{step}", weights=weights)

@@ -13,6 +13,7 @@ from composer.core import Algorithm, Callback, DataSpec, Evaluator
 from composer.optim import DecoupledAdamW
 from composer.optim.scheduler import ComposerScheduler
 from composer.utils import dist, reproducibility
+from composer.utils.parallelism import FSDP2Config
 
 from vlm.training.callbacks import CurvesCSV, Health
 from vlm.training.mirror import RemoteMirror
@@ -92,6 +93,7 @@ def make_trainer(
     eval_interval: Callable | int = 1,
     loss_per_token: bool = True,
     microbatch_size: int = 0,
+    fsdp: bool = False,
 ) -> Trainer:
     """A Trainer with DecoupledAdamW, LR + speed monitors, the CSV curve logger and the health check.
 
@@ -106,6 +108,8 @@ def make_trainer(
     `microbatch_size` > 0: each process runs its batch in chunks of that many samples and
     accumulates their gradients (Composer's `device_train_microbatch_size`): the same step, less memory.
     """
+    if fsdp and hasattr(model.module, "every_step_images"):
+        model.module.every_step_images = True  # a VLM: see VLM.every_step_images
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = DecoupledAdamW(params, lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=weight_decay)
     device, precision = device_and_precision()
@@ -132,7 +136,8 @@ def make_trainer(
         eval_dataloader=evaluators,
         eval_interval=eval_interval,
         callbacks=[LRMonitor(), SpeedMonitor(window_size=10), Health(stage), *callbacks],
-        algorithms=[FindUnusedParameters()] if dist.get_world_size() > 1 else [],
+        algorithms=[FindUnusedParameters()] if dist.get_world_size() > 1 and not fsdp else [],
+        parallelism_config={"fsdp": FSDP2Config(state_dict_type="full")} if fsdp else None,
         loggers=[CurvesCSV(curves, timings)],
         run_name=resume.run_name if resume else stage,
         progress_bar=True,
@@ -151,7 +156,8 @@ def make_trainer(
     world = dist.get_world_size()
     if world > 1 and is_main():
         print(f"{stage}: {world} processes ({dist.get_local_world_size()} on this machine), "
-              f"{train.dataloader.batch_size} samples each per step", flush=True)
+              f"{train.dataloader.batch_size} samples each per step"
+              + ("; weights, gradients and optimizer state sharded over them (FSDP2)" if fsdp else ""), flush=True)
     if microbatch_size and is_main():
         print(f"{stage}: each process runs its share of a batch in microbatches of "
               f"{trainer.state.device_train_microbatch_size} samples", flush=True)
