@@ -97,7 +97,7 @@ def data(vlm: VLM, length: int, vocab: int, batch: int, steps: int) -> DataSpec:
 
 
 def train(vlm: VLM, spec: DataSpec, steps: int, folder: Path, microbatch: int):
-    resume = Resume(folder / "checkpoints", "fsdp-check", interval=max(1, steps // 2))
+    resume = Resume(folder / "checkpoints", "fsdp-check", interval=steps)  # one whole-state save per run
     trainer = make_trainer(
         ComposerLM(vlm), spec, f"{steps}ba", 3e-4, LinearWithWarmupScheduler(t_warmup="1ba"), "fsdp-check", 0,
         curves=folder / "curves.csv", resume=resume, microbatch_size=microbatch, fsdp=True,

@@ -291,7 +291,8 @@ class TrainConfig:
     split_by_length: bool = spec()
     # Shard the weights, gradients and optimizer state over the processes (FSDP2, through Composer's
     # parallelism_config) instead of a whole copy in each (DDP): for models whose training state does
-    # not fit one GPU (the 1.4b preset). Each transformer block, and the image encoder, is one unit.
+    # not fit one GPU (the 1.4b preset). Each transformer block is one unit; the image encoder and the
+    # projector stay with the root (vlm/model/vlm.py).
     fsdp: bool = spec()
 
 

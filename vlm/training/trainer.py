@@ -107,6 +107,9 @@ def make_trainer(
     N processes then follow the same gradient as one. Off for a loss that is no per-token mean.
     `microbatch_size` > 0: each process runs its batch in chunks of that many samples and
     accumulates their gradients (Composer's `device_train_microbatch_size`): the same step, less memory.
+    `fsdp`: weights, gradients and optimizer state sharded over the processes (Composer's FSDP2, in the
+    units the model's `fsdp_wrap_fn` names). Checkpoints still hold the whole state (`state_dict_type`
+    full), so resuming works as without it; save the weights through `store.full_weights`.
     """
     if fsdp and hasattr(model.module, "every_step_images"):
         model.module.every_step_images = True  # a VLM: see VLM.every_step_images
