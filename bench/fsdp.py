@@ -37,6 +37,7 @@ from vlm.model.lm import LM, lm_config
 from vlm.model.vision import PatchEncoder, build_clip, image_tensor, tiny_clip_config
 from vlm.model.vlm import VLM
 from vlm.training.composer_model import ComposerLM
+from vlm.training.data import data_spec
 from vlm.training.resume import Resume
 from vlm.training.trainer import curves_of, device_and_precision, join_processes, make_trainer
 
@@ -88,12 +89,7 @@ def data(vlm: VLM, length: int, vocab: int, batch: int, steps: int) -> DataSpec:
     collate = Collator(IDS, vlm.num_image_tokens, functools.partial(image_tensor, preprocess_cfg=pp))
     share = batch // dist.get_world_size()
     dl = DataLoader(rows, batch_size=share, sampler=dist.get_sampler(rows, shuffle=False), collate_fn=collate)
-    return DataSpec(
-        dl, split_batch=collate.split,
-        get_num_samples_in_batch=lambda b: int(b["input_ids"].shape[0]),
-        get_num_tokens_in_batch=lambda b: {"total": int(b["input_ids"].numel()),
-                                           "loss_generating": int(b["loss_mask"][:, 1:].sum())},
-    )
+    return data_spec(dl, collate)
 
 
 def train(vlm: VLM, spec: DataSpec, steps: int, folder: Path, microbatch: int):

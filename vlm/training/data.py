@@ -4,7 +4,7 @@ encoder's caption batches (the batch format itself is vlm/data/batches.py)."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +103,12 @@ def loader(ds: StreamingDataset, collate: Collator, batch_size: int, split_by_le
             print(f"train.split_by_length is off with {dist.get_world_size()} processes (DDP needs the same "
                   "microbatches on every process)", flush=True)
     dl = StreamingDataLoader(ds, batch_size=batch_size, collate_fn=collate, num_workers=0)
+    return data_spec(dl, collate, split_by_length)
+
+
+def data_spec(dl: Iterable, collate: Collator, split_by_length: bool = False) -> DataSpec:
+    """Composer's view of batches `collate` made: how to cut microbatches (`Collator.split`) and how
+    many samples and loss tokens each holds (make_trainer weights losses by them)."""
     pad = collate.ids["pad"]
     return DataSpec(
         dl,
