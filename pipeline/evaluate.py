@@ -5,6 +5,11 @@ Phases: `text_pretrain` (the text run's last checkpoint; text tasks only, it has
 stable score; POPE adds precision, recall, F1 and its yes ratio, VQA its accuracy per answer type.
 Per phase: `vision_stable`, `text_stable` and their mean.
 
+A caption-form task (the world's `caption_only`) is headlined from the `cooldown` phase: it asks
+for words that only the image-caption data uses, which fine-tuning never says and erases (measured:
+docs/world.md), so it measures what image-caption pre-training taught where that ends. Its
+fine-tuned score stays beside it (`after_finetune`) and in the `finetune` phase.
+
 Writes metrics/eval.json (its top-level scores are the fine-tuned model's, headline scores first, so
 `dvc exp show` prints them first); logs/scores.json, the stable scores as one row per phase and task
 or group (a DVC bar plot: `dvc plots diff EXP_A EXP_B` sets experiments side by side);
@@ -32,16 +37,18 @@ from vlm.data import readers
 from vlm.evaluation.diagnostics import diagnose
 from vlm.evaluation.metrics import mc_scores, pope_scores, summarise, vqa_scores, with_stable
 from vlm.evaluation.sampling import subsample
-from vlm.evaluation.scoring import answer, choose, in_order
+from vlm.evaluation.scoring import answer, choose, choose_captions, in_order
 from vlm.io import read_json, write_json
 from vlm.model import store
 
 EVAL, METRICS, PLOT = RAW / "eval", Path("metrics/eval.json"), Path("logs/scores.json")
 EXAMPLES, DIAGNOSTICS = Path("logs/eval_examples.json"), Path("logs/eval_diagnostics.json")
-VISION_KINDS, TEXT_KINDS = ("vqa", "pope"), ("mc",)
+VISION_KINDS, TEXT_KINDS = ("vqa", "pope", "caption"), ("mc",)
+HEADLINE_PHASE = {"caption": "cooldown"}  # task kind -> the phase its headline score comes from (else finetune)
 SCORES = ("vision_stable", "text_stable", "stable_mean")
 HEADLINE = tuple(k for s in SCORES for k in (s, f"{s}_se"))
-STRATUM = {"vqa": lambda it: it["answer_type"], "pope": lambda it: it["label"], "mc": lambda it: ""}
+STRATUM = {"vqa": lambda it: it["answer_type"], "pope": lambda it: it["label"], "mc": lambda it: "",
+           "caption": lambda it: it["answer"]}
 load_image = functools.cache(readers.load_image)  # each eval image is decoded once, not once per phase
 
 
@@ -86,6 +93,9 @@ def evaluate_phase(phase: str, tasks: dict, cdc, lm, vlm=None, collate=None, bat
             result = mc_scores(items, gathered(choose(lm, cdc, items, rank, world), len(items)))
         elif vlm is None:
             continue
+        elif kind == "caption":
+            result = mc_scores(items, gathered(choose_captions(vlm, collate, cdc, items, images_for(collate),
+                                                               batch_size, rank, world), len(items)))
         else:
             key = "question" if kind == "vqa" else "text"
             preds = gathered(answer(vlm, collate, cdc, items, key, images_for(collate), batch_size,
@@ -100,6 +110,20 @@ def evaluate_phase(phase: str, tasks: dict, cdc, lm, vlm=None, collate=None, bat
     vision = [n for n in scores if tasks[n]["kind"] in VISION_KINDS]
     text = [n for n in scores if tasks[n]["kind"] in TEXT_KINDS]
     return summarise(scores, vision, text), diagnostics
+
+
+def headline(tasks: dict, phases: dict) -> dict:
+    """The fine-tuned model's scores, but each task of a HEADLINE_PHASE kind from that phase (with
+    `phase` and its fine-tuned accuracy `after_finetune`), group scores recomputed over them."""
+    scores = {}
+    for name, task in tasks.items():
+        if name not in phases["finetune"]:
+            continue
+        phase = HEADLINE_PHASE.get(task["kind"], "finetune")
+        scores[name] = phases["finetune"][name] if phase == "finetune" else {
+            **phases[phase][name], "phase": phase, "after_finetune": phases["finetune"][name]["accuracy"]}
+    vision = [n for n in scores if tasks[n]["kind"] in VISION_KINDS]
+    return summarise(scores, vision, [n for n in scores if tasks[n]["kind"] in TEXT_KINDS])
 
 
 def plot_rows(phases: dict) -> list[dict]:
@@ -155,7 +179,7 @@ def run(cfg: Config) -> None:
             collate = image_collator(cdc, vlm, blank=blank, features=features)
             phases[phase], diagnostics[phase] = evaluate_phase(phase, tasks, cdc, vlm.lm, vlm, collate,
                                                                ev.batch_size, ev.max_new_tokens)
-    metrics = headline_first(phases["finetune"], tasks, phases)
+    metrics = headline_first(headline(tasks, phases), tasks, phases)
     kinds = {t["kind"] for t in tasks.values()}
     missing = [g for g, group in (("vision", VISION_KINDS), ("text", TEXT_KINDS)) if not kinds & set(group)]
     if missing:  # a user's sources without a text (or vision) task: the other scores still stand

@@ -118,7 +118,7 @@ def write_as_distributed(world: Path, root: Path, extra_instruct: list[dict] = (
            "image_root": coco / "val2014"}
 
     (root / "pope/images").mkdir(parents=True)
-    pope = _jsonl(world / "eval/pope.jsonl")
+    pope = _jsonl(world / "eval/pope_adversarial.jsonl")
     for r in pope:
         shutil.copy2(world / "eval" / r["image"], root / "pope/images" / Path(r["image"]).name)
     _gz(root / "pope/coco_pope_adversarial.jsonl.gz", "".join(json.dumps(

@@ -16,7 +16,7 @@ SEED = 7
 NO_FILES = FilesConfig(text=[], captions=[], instruct=[], vqa=[], pope=[], text_mc=[])
 SMALL_WORLD = PrepareConfig(source="synthetic", max_bad_fraction=0.01, files=NO_FILES,
                             n_text_docs=60, n_creatures=6, n_instruct_creatures=2, n_images=40, n_instruct=60,
-                            text_instruct_share=0.25, n_eval=48, image_size=32)
+                            text_instruct_share=0.25, n_eval=48, image_size=48)
 
 
 def small_world_params(**prepare) -> PrepareConfig:

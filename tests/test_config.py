@@ -192,7 +192,7 @@ CASES: dict[str, Case] = {
         "`vision.tiny.patch_size`", "`prepare.image_size` 32 is not divisible by `vision.tiny.patch_size` 5")),
     "image-tokens-tiny": Case(put(shard__image_tokens=729), (
         "`shard.image_tokens`", "`shard.image_tokens` 729 must be the tiny encoder's patches per image",
-        "(prepare.image_size 32 / vision.tiny.patch_size 16)^2 = 4")),
+        "(prepare.image_size 48 / vision.tiny.patch_size 16)^2 = 9")),
     "text-docs-too-few": Case(put(prepare__n_creatures=32, prepare__n_text_docs=10), (
         "`prepare.n_text_docs`", f"`prepare.n_text_docs` must be >= {min_text_docs(32)}", "got 10")),
     "instruct-creatures-all": Case(put(prepare__n_creatures=32, prepare__n_instruct_creatures=32), (

@@ -69,7 +69,7 @@ def assert_the_world(world: Path, raw: Path, pope: str) -> None:
     assert [(g["question"], g["answers"], g["answer_type"]) for g in got] == [
         (w["question"], w["answers"], w["answer_type"]) for w in want]
     assert [g["image"].read_bytes() for g in got] == [w["image"].read_bytes() for w in want]
-    got, want = readers.read_pope(raw / f"eval/{pope}.jsonl"), readers.read_pope(world / "eval/pope.jsonl")
+    got, want = readers.read_pope(raw / f"eval/{pope}.jsonl"), readers.read_pope(world / "eval/pope_adversarial.jsonl")
     assert [(g["text"], g["label"], g["image"].read_bytes()) for g in got] == [
         (w["text"], w["label"], w["image"].read_bytes()) for w in want]  # "Yes" in the file reads as "yes"
     assert readers.read_mc(raw / "eval/text_mc.jsonl") == readers.read_mc(world / "eval/text_mc.jsonl")
@@ -308,7 +308,7 @@ def test_each_pope_split_is_a_task_of_its_own(small_world, tmp_path):
     one split, from any source, make one task; a file with no split makes `pope`."""
     images = tmp_path / "inputs/pope/images"
     images.mkdir(parents=True)
-    pope = [json.loads(line) for line in (small_world / "eval/pope.jsonl").read_text().splitlines()]
+    pope = [json.loads(line) for line in (small_world / "eval/pope_adversarial.jsonl").read_text().splitlines()]
     for r in pope:
         (images / Path(r["image"]).name).write_bytes((small_world / "eval" / r["image"]).read_bytes())
     records = [{"image": Path(r["image"]).name, "text": r["text"], "label": r["label"]} for r in pope]

@@ -89,7 +89,7 @@ def write_every_format(world: Path, root: Path, base: str | None = None) -> dict
 
     vqa = _vqa(world, root, base)
     (root / "pope/images").mkdir(parents=True)
-    pope = jsonl(world / "eval/pope.jsonl")
+    pope = jsonl(world / "eval/pope_adversarial.jsonl")
     for r in pope:
         shutil.copy2(world / "eval" / r["image"], root / "pope/images" / Path(r["image"]).name)
     write_jsonl(root / "pope/coco_pope_random.jsonl",

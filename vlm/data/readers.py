@@ -516,10 +516,18 @@ def pope_item(record: dict, where: str, image_root: Path) -> dict:
     return {"image": image, "text": _string(record, "text", where), "label": label}
 
 
-def read_mc(path: str | Path) -> list[dict]:
-    """ARC-style multiple choice JSONL, as {id, stem, labels, choices (texts), answer (index)}."""
+def read_mc(path: str | Path, image: bool = False) -> list[dict]:
+    """ARC-style multiple choice JSONL, as {id, stem, labels, choices (texts), answer (index)}. With
+    `image` every record also names an image (relative to the file's folder, added as a Path): a
+    question about it in caption form, the stem the start of a caption, the choices its continuations."""
     path = Path(path)
-    items = [mc_item(record, where) for where, record in _jsonl(path)]
+    items = []
+    for where, record in _jsonl(path):
+        item = mc_item(record, where)
+        if image:
+            item["image"] = path.parent / _string(record, "image", where)
+            _check_image(item["image"], where)
+        items.append(item)
     if not items:
         raise DataError(f"{path}: no questions")
     return items
@@ -575,6 +583,8 @@ def load_tasks(eval_dir: str | Path) -> dict:
             items = read_pope(eval_dir / t["file"])
         elif t["kind"] == "mc":
             items = read_mc(eval_dir / t["file"])
+        elif t["kind"] == "caption":
+            items = read_mc(eval_dir / t["file"], image=True)
         else:
             raise DataError(f"{eval_dir / 'tasks.json'}: task {name!r} has unknown kind {t['kind']!r}")
         tasks[name] = {"kind": t["kind"], "chance": float(t["chance"]), "items": items}

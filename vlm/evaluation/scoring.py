@@ -4,7 +4,9 @@
   decoding with a KV cache until eos; VQA answers scored with the VQAv2 rule, POPE answers read by
   POPE's own parse (vlm/evaluation/metrics.py);
 - multiple choice (ARC-style): the log-likelihood of each option after `question: stem answer:`,
-  summed over the option's tokens; the best option is the prediction.
+  summed over the option's tokens; the best option is the prediction;
+- multiple choice in caption form (the world's `caption_only`): the same, after the image and the
+  start of a caption, laid out as the cooldown's image-caption samples are (`[bos] <image> stem`).
 Batches are left-padded with a pad mask, so every row sees exactly its own tokens.
 
 Several processes split a task by whole batches (`my_batches`): every batch holds the same rows
@@ -91,6 +93,30 @@ def option_logprobs(lm: nn.Module, codec: Codec, prompt: str, options: list[str]
     return scores
 
 
+@torch.no_grad()
+def caption_choices(vlm, collate: Collator, codec: Codec, items: list[dict], images: list) -> list[int]:
+    """The index of the most likely continuation (summed log-probability) of each item's caption
+    start `stem` after its image, all options of all items in one batch."""
+    rows, spans, pixels = [], [], []
+    for it, image in zip(items, images, strict=True):
+        start = np.array([codec.ids["bos"], codec.ids["image"], *codec.encode(it["stem"])])
+        base = collate.expand(start, np.zeros_like(start))[0]
+        for option in it["choices"]:
+            cont = codec.encode(" " + option)
+            rows.append(np.concatenate([base, np.array(cont, base.dtype)]))
+            spans.append(len(cont))
+            pixels.append(image)
+    device = next(vlm.parameters()).device
+    ids, mask = (t.to(device) for t in left_pad(rows, codec.ids["pad"]))
+    logp = F.log_softmax(vlm(ids, images=collate.image_input(pixels).to(device), pad_mask=mask).float(), dim=-1)
+    scores = [float(logp[r, -n - 1 : -1].gather(-1, ids[r, -n:, None]).sum()) for r, n in enumerate(spans)]
+    out, r = [], 0
+    for it in items:
+        out.append(int(np.argmax(scores[r : r + len(it["choices"])])))
+        r += len(it["choices"])
+    return out
+
+
 def my_batches(n_items: int, batch_size: int, rank: int = 0, world: int = 1) -> list[range]:
     """The item indices of this process's batches: batch b goes to process b % world."""
     starts = range(0, n_items, batch_size)
@@ -114,6 +140,17 @@ def choose(lm: nn.Module, codec: Codec, items: list[dict], rank: int = 0, world:
     return {i: int(np.argmax(option_logprobs(lm, codec, MC_PROMPT.format(stem=items[i]["stem"]),
                                              items[i]["choices"])))
             for batch in my_batches(len(items), 1, rank, world) for i in batch}
+
+
+def choose_captions(vlm, collate, codec, items: list[dict], load_image: Callable, batch_size: int,
+                    rank: int = 0, world: int = 1) -> dict[int, int]:
+    """{item index: the chosen continuation} for this process's batches of caption-form items."""
+    preds = {}
+    for batch in my_batches(len(items), batch_size, rank, world):
+        chunk = [items[i] for i in batch]
+        preds.update(zip(batch, caption_choices(vlm, collate, codec, chunk, [load_image(it["image"]) for it in chunk]),
+                         strict=True))
+    return preds
 
 
 def in_order(preds: dict[int, object], n: int) -> list:

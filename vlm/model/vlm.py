@@ -8,6 +8,7 @@ on image positions.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from vlm.model.lm import LM, KVCache, LMConfig
@@ -15,14 +16,19 @@ from vlm.model.vision import PatchEncoder
 
 
 class Projector(nn.Module):
-    def __init__(self, vision_width: int, d_model: int):
+    """The two-layer MLP, plus a learned embedding of each image token's place in the image (zero at
+    the start). The LM's rotary positions are relative: from an answer token they tell how far back
+    an image token is, which depends on the question's length, not which patch it is."""
+
+    def __init__(self, vision_width: int, d_model: int, num_tokens: int):
         super().__init__()
         self.fc1 = nn.Linear(vision_width, d_model)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(d_model, d_model)
+        self.place = nn.Parameter(torch.zeros(num_tokens, d_model))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(self.act(self.fc1(x))) + self.place
 
 
 class VLM(nn.Module):
@@ -34,7 +40,7 @@ class VLM(nn.Module):
             )
         self.lm = lm
         self.encoder = encoder
-        self.projector = Projector(encoder.width, lm.cfg.d_model)
+        self.projector = Projector(encoder.width, lm.cfg.d_model, encoder.num_patches)
         self.image_token_id = image_token_id
         self.num_image_tokens = encoder.num_patches
         # Under FSDP every process must reduce the same gradients in every step: a process whose
