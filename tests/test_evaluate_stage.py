@@ -49,3 +49,20 @@ def test_metrics_file_puts_the_headline_first():
     assert list(metrics) == ["vision_stable", "vision_stable_se", "stable_mean", "tasks", "phases"]
     assert list(metrics["tasks"]["pope"]) == ["accuracy", "accuracy_se", "stable", "stable_se", "n", "chance",
                                               "precision"]
+
+
+def test_a_caption_task_is_headlined_from_the_cooldown():
+    """caption_only asks for words fine-tuning never says: its headline is the cooldown's score (with
+    the fine-tuned one beside it), and vision_stable averages that, not the fine-tuned score."""
+    def scored(accuracy: float) -> dict:
+        return {"accuracy": accuracy, "accuracy_se": 0.01, "stable": 2 * accuracy - 1, "stable_se": 0.02,
+                "n": 100, "chance": 0.5}
+    tasks = {"caption_only": {"kind": "caption"}, "pope": {"kind": "pope"}, "text_mc": {"kind": "mc"}}
+    phases = {"cooldown": {"caption_only": scored(0.9), "pope": scored(0.5), "text_mc": scored(1.0)},
+              "finetune": {"caption_only": scored(0.5), "pope": scored(0.8), "text_mc": scored(0.75)}}
+    final = evaluate.headline(tasks, phases)
+    assert final["caption_only"]["accuracy"] == 0.9 and final["caption_only"]["phase"] == "cooldown"
+    assert final["caption_only"]["after_finetune"] == 0.5
+    assert final["pope"] == phases["finetune"]["pope"] and "phase" not in final["pope"]
+    assert final["vision_stable"] == pytest.approx((0.8 + 0.6) / 2)  # cooldown caption 0.8, fine-tuned POPE 0.6
+    assert final["text_stable"] == pytest.approx(0.5)

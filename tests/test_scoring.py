@@ -20,6 +20,8 @@ from vlm.data.tokenizer import IMAGE_MARK, Codec, train_tokenizer
 from vlm.evaluation import scoring
 from vlm.evaluation.scoring import (
     MC_PROMPT,
+    caption_logprobs,
+    choose_captions,
     generate,
     left_pad,
     option_logprobs,
@@ -222,6 +224,37 @@ def test_option_logprobs_equal_the_hand_computed_sums(codec, lm):
     item = {"stem": "what does the blorp eat?", "choices": options}
     assert score_mc(lm, codec, [{**item, "answer": best}])["accuracy"] == 1.0
     assert score_mc(lm, codec, [{**item, "answer": (best + 1) % 3}])["accuracy"] == 0.0
+
+
+def test_caption_logprobs_in_one_padded_batch_equal_the_hand_computed_sums(codec, vlm):
+    """Caption-form multiple choice: rows of different lengths (stems, options) and images in one
+    left-padded batch score what the sums of log-probabilities, computed one unpadded row at a time
+    after `[bos] <image> stem`, are; the choice is the best of them."""
+    collate = collator(codec, vlm.num_image_tokens)
+    items = [{"stem": "a big", "choices": ["purple circle", "pink circle"]},
+             {"stem": "an image of a small", "choices": ["pink cross in the top left", "purple cross"]},
+             {"stem": "there is a", "choices": ["red", "big green square", "two"]}]
+    images = [noisy(0), solid((150, 60, 210)), noisy(3)]
+    expected, margins, sums_of = [], [], []
+    with torch.no_grad():
+        for it, image in zip(items, images, strict=True):
+            start = np.array([codec.ids["bos"], codec.ids["image"], *codec.encode(it["stem"])])
+            base = list(collate.expand(start, np.zeros_like(start))[0])
+            sums = []
+            for option in it["choices"]:
+                seq = torch.tensor([base + codec.encode(" " + option)])
+                logp = F.log_softmax(vlm(seq, images=collate.pixels([image]))[0].float(), dim=-1)
+                sums.append(sum(float(logp[t - 1, seq[0, t]]) for t in range(len(base), seq.shape[1])))
+            sums_of.append(sums)
+            expected.append(int(np.argmax(sums)))
+            margins.append(sorted(sums)[-1] - sorted(sums)[-2])
+    assert min(margins) > 1e-3  # a tie would make the comparison trivial
+    got = caption_logprobs(vlm, collate, codec, items, images)
+    for g, want in zip(got, sums_of, strict=True):
+        np.testing.assert_allclose(g, want, rtol=0, atol=1e-4)
+    preds = choose_captions(vlm, collate, codec, [{**it, "image": i} for i, it in enumerate(items)], images.__getitem__,
+                            batch_size=2)
+    assert [preds[i] for i in range(3)] == expected  # two batches, the second of one item
 
 
 def test_left_pad():

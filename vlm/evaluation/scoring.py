@@ -94,9 +94,9 @@ def option_logprobs(lm: nn.Module, codec: Codec, prompt: str, options: list[str]
 
 
 @torch.no_grad()
-def caption_choices(vlm, collate: Collator, codec: Codec, items: list[dict], images: list) -> list[int]:
-    """The index of the most likely continuation (summed log-probability) of each item's caption
-    start `stem` after its image, all options of all items in one batch."""
+def caption_logprobs(vlm, collate: Collator, codec: Codec, items: list[dict], images: list) -> list[list[float]]:
+    """Per item, the summed log-probability of each continuation (`choices`) of its caption start
+    `stem` after its image, all options of all items in one left-padded batch."""
     rows, spans, pixels = [], [], []
     for it, image in zip(items, images, strict=True):
         start = np.array([codec.ids["bos"], codec.ids["image"], *codec.encode(it["stem"])])
@@ -112,7 +112,7 @@ def caption_choices(vlm, collate: Collator, codec: Codec, items: list[dict], ima
     scores = [float(logp[r, -n - 1 : -1].gather(-1, ids[r, -n:, None]).sum()) for r, n in enumerate(spans)]
     out, r = [], 0
     for it in items:
-        out.append(int(np.argmax(scores[r : r + len(it["choices"])])))
+        out.append(scores[r : r + len(it["choices"])])
         r += len(it["choices"])
     return out
 
@@ -148,8 +148,8 @@ def choose_captions(vlm, collate, codec, items: list[dict], load_image: Callable
     preds = {}
     for batch in my_batches(len(items), batch_size, rank, world):
         chunk = [items[i] for i in batch]
-        preds.update(zip(batch, caption_choices(vlm, collate, codec, chunk, [load_image(it["image"]) for it in chunk]),
-                         strict=True))
+        scores = caption_logprobs(vlm, collate, codec, chunk, [load_image(it["image"]) for it in chunk])
+        preds.update(zip(batch, (int(np.argmax(s)) for s in scores), strict=True))
     return preds
 
 
