@@ -61,7 +61,9 @@ def measure(scale: int, work: Path) -> dict[str, dict]:
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
             out[name] = {"peak_traced_mb": round(peak / 2**20, 2), "seconds": round(seconds, 2)}
-        out["records"] = json.loads(Path("metrics/tokens.json").read_text())["text"]["records"]
+        tokens = json.loads(Path("metrics/tokens.json").read_text())
+        out["records"] = tokens["text"]["records"]
+        out["all_records"] = sum(tokens[source]["records"] for source in ("text", "captions", "instruct"))
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return out
 
@@ -101,6 +103,8 @@ def report(results: dict[int, dict]) -> str:
         peaks = [results[s][stage]["peak_traced_mb"] for s in scales]
         lines.append(f"{stage:<14}" + "".join(f"{p:>14.2f}" for p in peaks) + f"{peaks[-1] / peaks[0]:>8.2f}")
     lines.append("text records: " + ", ".join(f"{s}x {results[s]['records']}" for s in scales))
+    lines.append("records (documents, captions, conversations): "
+                 + ", ".join(f"{s}x {results[s]['all_records']}" for s in scales))
     lines.append("peak RSS of the process, MB: " + ", ".join(f"{s}x {results[s]['peak_rss_mb']}" for s in scales))
     return "\n".join(lines)
 

@@ -358,8 +358,8 @@ def test_a_local_pretrained_open_clip_folder_is_loaded_instead_of_training(tmp_p
 
     repo = make_repo(tmp_path / "repo")
     ckpt = repo / "inputs/encoder/my-siglip"  # the folder train-encoder declares as a DVC dependency
-    cfg = tiny_clip_config(32, 16, 32, 2, 2, 32, vocab_size=64, context_length=8, pad_id=2, eos_id=1)
-    save_clip(build_clip(cfg), cfg, ckpt, preprocess_config(32))
+    cfg = tiny_clip_config(48, 16, 32, 2, 2, 32, vocab_size=64, context_length=8, pad_id=2, eos_id=1)
+    save_clip(build_clip(cfg), cfg, ckpt, preprocess_config(48))
     set_params(repo, **{"vision.pretrained": "inputs/encoder/my-siglip"})
     run(repo, "python", "-m", "pipeline", "train-encoder")
     for name in ("open_clip_config.json", "open_clip_model.safetensors"):
@@ -370,13 +370,13 @@ def test_a_local_pretrained_open_clip_folder_is_loaded_instead_of_training(tmp_p
     set_params(repo, **{"vision.pretrained": "inputs/encoder/missing"})
     proc = run(repo, "python", "-m", "pipeline", "train-encoder", check=False)
     assert proc.returncode != 0 and "`vision.pretrained`" in proc.stderr
-    # patches of 8 px: 16 tokens per image, where the shards were cut to the context with 4
-    cfg8 = tiny_clip_config(32, 8, 32, 2, 2, 32, vocab_size=64, context_length=8, pad_id=2, eos_id=1)
-    save_clip(build_clip(cfg8), cfg8, repo / "inputs/encoder/patch8", preprocess_config(32))
+    # patches of 8 px: 36 tokens per image, where the shards were cut to the context with 9
+    cfg8 = tiny_clip_config(48, 8, 32, 2, 2, 32, vocab_size=64, context_length=8, pad_id=2, eos_id=1)
+    save_clip(build_clip(cfg8), cfg8, repo / "inputs/encoder/patch8", preprocess_config(48))
     set_params(repo, **{"vision.pretrained": "inputs/encoder/patch8"})
     proc = run(repo, "python", "-m", "pipeline", "train-encoder", check=False)
     assert proc.returncode != 0
-    assert "yields 16 image tokens per image but `shard.image_tokens` is 4; set shard.image_tokens: 16" in proc.stderr
+    assert "yields 36 image tokens per image but `shard.image_tokens` is 9; set shard.image_tokens: 36" in proc.stderr
     assert (repo / "data/encoder/open_clip_model.safetensors").read_bytes() == before  # the old output is untouched
 
 
