@@ -99,7 +99,7 @@ def caption_logprobs(vlm, collate: Collator, codec: Codec, items: list[dict], im
     `stem` after its image, all options of all items in one left-padded batch."""
     rows, spans, pixels = [], [], []
     for it, image in zip(items, images, strict=True):
-        start = np.array([codec.ids["bos"], codec.ids["image"], *codec.encode(it["stem"])])
+        start = np.array(codec.caption(codec.encode(it["stem"]))[0][:-1])  # a caption sample, without its eos
         base = collate.expand(start, np.zeros_like(start))[0]
         for option in it["choices"]:
             cont = codec.encode(" " + option)
