@@ -107,9 +107,13 @@ def evaluate_phase(phase: str, tasks: dict, cdc, lm, vlm=None, collate=None, bat
         scores[name] = with_stable(result, task["chance"])
         log(f"{phase}/{name}: accuracy {result['accuracy']:.3f} ± {result['accuracy_se'] or 0:.3f} "
             f"over {len(items)} items in {time.time() - t0:.1f}s")
-    vision = [n for n in scores if tasks[n]["kind"] in VISION_KINDS]
-    text = [n for n in scores if tasks[n]["kind"] in TEXT_KINDS]
-    return summarise(scores, vision, text), diagnostics
+    return grouped(scores, tasks), diagnostics
+
+
+def grouped(scores: dict, tasks: dict) -> dict:
+    """Task scores plus their vision and text group means (`summarise`), groups by task kind."""
+    return summarise(scores, [n for n in scores if tasks[n]["kind"] in VISION_KINDS],
+                     [n for n in scores if tasks[n]["kind"] in TEXT_KINDS])
 
 
 def headline(tasks: dict, phases: dict) -> dict:
@@ -122,8 +126,7 @@ def headline(tasks: dict, phases: dict) -> dict:
         phase = HEADLINE_PHASE.get(task["kind"], "finetune")
         scores[name] = phases["finetune"][name] if phase == "finetune" else {
             **phases[phase][name], "phase": phase, "after_finetune": phases["finetune"][name]["accuracy"]}
-    vision = [n for n in scores if tasks[n]["kind"] in VISION_KINDS]
-    return summarise(scores, vision, [n for n in scores if tasks[n]["kind"] in TEXT_KINDS])
+    return grouped(scores, tasks)
 
 
 def plot_rows(phases: dict) -> list[dict]:
