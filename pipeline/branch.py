@@ -1,18 +1,21 @@
 """DVC stage `branch-at-fraction`: pick the text run's weights at `branch.fraction`.
 
 0.0 means from scratch (the text run's own initial weights, same seed); any other value is a
-saved branch point (checked with the params). Writes data/branch/ (LM weights + branch.json: step,
-tokens seen and the main schedule's LR there), so changing the fraction re-runs from here on and
-never the text run.
+saved branch point (checked with the params). Writes data/branch/ (LM weights, the text run's Adam
+moments there when it saved them, and branch.json: step, tokens seen and the main schedule's LR
+there), so changing the fraction re-runs from here on and never the text run.
 """
 
 from __future__ import annotations
+
+import shutil
 
 from pipeline.common import codec, new_lm
 from pipeline.paths import BRANCH, PRETRAIN
 from vlm.config import Config
 from vlm.io import atomic_dir, read_json, write_json
 from vlm.model import store
+from vlm.training.moments import FILE as MOMENTS
 from vlm.training.schedules import warmup_cosine
 
 
@@ -36,8 +39,12 @@ def run(cfg: Config) -> None:
                             schedule["final_lr_ratio"]),
         "main_schedule": {k: schedule[k] for k in ("steps", "lr", "warmup_steps", "final_lr_ratio")},
     }
+    moments = PRETRAIN / f"ba{step}" / MOMENTS
+    info["optimizer_state"] = bool(step) and moments.is_file()
     with atomic_dir(BRANCH) as tmp:
         store.save(lm, tmp)
+        if info["optimizer_state"]:
+            shutil.copy2(moments, tmp / MOMENTS)
         write_json(tmp / "branch.json", info)
     print(f"branch-at-fraction: {fraction:.0%} -> step {step}, {info['tokens_seen']:,} tokens, "
           f"main-schedule LR {info['lr']:.3g}", flush=True)

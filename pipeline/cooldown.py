@@ -3,7 +3,8 @@
 Builds the VLM (the branch LM, the frozen open_clip encoder from data/encoder, a new MLP
 projector) and trains it on text + image-caption (+ optional instruction) streams mixed by
 Streaming at the token shares `cooldown.image_ratio` / `cooldown.instruct_ratio` (design.md).
-LR: continue from the branch LR, or re-warm below `cooldown.min_continue_lr` (schedules.py).
+LR: continue from the branch LR, or re-warm where `branch.rewarm` says (schedules.py). Adam: fresh,
+or with `branch.optimizer: carry` the text run's moments at the branch for the LM (moments.py).
 Writes data/cooldown/, metrics/cooldown.json (LR plan, batch mix, realised token shares) and
 logs/cooldown.csv. Resumes after a crash (vlm/training/resume.py).
 """
@@ -30,6 +31,7 @@ from vlm.model import store
 from vlm.training.callbacks import TokenShare, count_params
 from vlm.training.composer_model import ComposerLM
 from vlm.training.data import loader, mixed_dataset
+from vlm.training.moments import load_moments
 from vlm.training.schedules import cooldown_plan
 from vlm.training.trainer import is_main, join_processes, make_trainer, per_rank
 
@@ -51,11 +53,23 @@ def batch_mix(cd: CooldownConfig, stats: dict, num_image_tokens: int) -> tuple[d
     return means, batch_counts(shares, means, cd.batch_size)
 
 
+def carry_optimizer(cfg: Config, branch: dict, trainer, vlm) -> str:
+    """With `branch.optimizer: carry`, the text run's Adam moments for the LM's parameters ("carried";
+    a run from scratch, at 0.0, has none: "fresh"). A resumed run has them in its checkpoint already."""
+    if cfg.branch.optimizer != "carry" or not branch["step"]:
+        return "fresh"
+    if not trainer.state.timestamp.batch.value:
+        carried = load_moments(trainer.state.optimizers[0], vlm.lm, BRANCH)
+        print(f"mixed-cooldown: carried Adam's moments of {carried} LM parameters from the text run's step "
+              f"{branch['step']}", flush=True)
+    return "carried"
+
+
 def run(cfg: Config) -> None:
     join_processes()
     cd = cfg.cooldown
     branch = read_json(BRANCH / "branch.json")
-    plan = cooldown_plan(branch["lr"], cd.min_continue_lr, cd.rewarm_lr, cd.warmup_steps, cd.final_lr_ratio)
+    plan = cooldown_plan(branch["lr"], cfg.branch.rewarms(), cd.rewarm_lr, cd.warmup_steps, cd.final_lr_ratio)
     cdc = codec()
     vlm = build_vlm_from(store.load_lm(BRANCH), ENCODER, cdc, freeze=cfg.vision.freeze, seed=cfg.branch_seed)
     means, counts = batch_mix(cd, read_json(SHARDS / "stats.json"), vlm.num_image_tokens)
@@ -79,6 +93,7 @@ def run(cfg: Config) -> None:
         "mixed-cooldown", cfg.branch_seed, **curve_paths("cooldown"), resume=resume, callbacks=[share],
         microbatch_size=cfg.train.microbatch_size, fsdp=cfg.train.fsdp,
     )
+    optimizer = carry_optimizer(cfg, branch, trainer, vlm)
     trainer.fit()
     weights = store.full_weights(vlm)  # with FSDP: every process hands in its shards
     trainer.close()
@@ -90,6 +105,7 @@ def run(cfg: Config) -> None:
     realised = share.shares()
     write_metrics("cooldown", {
         "lr_mode": plan.mode, "start_lr": plan.peak_lr, "branch_lr": branch["lr"],
+        "optimizer": optimizer,
         "batch_counts": counts, "expected_token_share": expected, "realised_token_share": realised,
         "image_ratio_error": abs(realised["captions"] - cd.image_ratio), "tokens": sum(share.tokens.values()),
         **count_params(vlm),

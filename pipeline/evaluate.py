@@ -1,6 +1,7 @@
 """DVC stage `evaluate`: score the model after each phase on vision and text tasks.
 
-Phases: `text_pretrain` (the text run's last checkpoint; text tasks only, it has no eyes),
+Phases: `text_pretrain` (the branch point the cooldown started from, data/branch: the text run at
+`branch.fraction`, the untrained LM at 0.0; text tasks only, it has no eyes),
 `cooldown` and `finetune` (the headline). Per task: accuracy with its standard error, chance and
 stable score; POPE adds precision, recall, F1 and its yes ratio, VQA its accuracy per answer type.
 Per phase: `vision_stable`, `text_stable` and their mean.
@@ -31,14 +32,14 @@ import torch
 from composer.utils import dist
 
 from pipeline.common import codec, environment, feature_store, image_collator, machine
-from pipeline.paths import COOLDOWN, ENCODER, FEATURES, FINETUNE, PRETRAIN, RAW, TIMINGS
+from pipeline.paths import BRANCH, COOLDOWN, ENCODER, FEATURES, FINETUNE, RAW, TIMINGS
 from vlm.config import Config
 from vlm.data import readers
 from vlm.evaluation.diagnostics import diagnose
 from vlm.evaluation.metrics import mc_scores, pope_scores, summarise, vqa_scores, with_stable
 from vlm.evaluation.sampling import subsample
 from vlm.evaluation.scoring import answer, choose, choose_captions, in_order
-from vlm.io import read_json, write_json
+from vlm.io import write_json
 from vlm.model import store
 
 EVAL, METRICS, PLOT = RAW / "eval", Path("metrics/eval.json"), Path("logs/scores.json")
@@ -170,8 +171,7 @@ def run(cfg: Config) -> None:
     procs = f" in {dist.get_world_size()} processes" if dist.get_world_size() > 1 else ""
     log(f"items per task: {sizes}; on {device}{procs}")
     cdc = codec()
-    last = max(read_json(PRETRAIN / "schedule.json")["branch_points"].values())
-    text_lm = store.load_lm(PRETRAIN / f"ba{last}").to(device).eval()
+    text_lm = store.load_lm(BRANCH).to(device).eval()  # what the cooldown started from, as the paper compares
 
     with autocast():
         phases, diagnostics = {}, {}

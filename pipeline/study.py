@@ -186,9 +186,14 @@ def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def experiments() -> dict[str, dict]:
-    """{experiment name: its `dvc exp show --json` revision data} of the current baseline."""
+    """{experiment name: its `dvc exp show --json` revision data} of the current baseline.
+
+    The baseline is named by its commit: for `HEAD`, DVC reads refs/exps/exec/EXEC_BASELINE when that
+    exists, and a workspace `dvc exp run` that was killed leaves it behind, pointing at an old commit
+    (seen here: the report would have been made of that commit's experiments)."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     out = {}
-    for rev in json.loads(dvc("exp", "show", "--json").stdout):
+    for rev in json.loads(dvc("exp", "show", "--json", "--rev", head).stdout):
         for exp in rev.get("experiments") or []:
             data = exp["revs"][0]
             if data.get("data"):

@@ -1,9 +1,10 @@
 """DVC stage `text-pretrain`: Composer trains the LM from scratch on the text shards.
 
 Main schedule: linear warmup, cosine decay over the whole token budget. The LM's weights are saved
-exactly at each fraction of `pretrain.branch_points` of the budget, with the validation loss
-measured there. Writes data/pretrain/ (ba{N}/ weight folders and schedule.json),
-metrics/pretrain.json and the curve logs/pretrain.csv. Resumes after a crash (vlm/training/resume.py).
+exactly at each fraction of `pretrain.branch_points` of the budget (with `pretrain.save_optimizer`,
+Adam's moments beside them), with the validation loss measured there. Writes data/pretrain/ (ba{N}/
+weight folders and schedule.json), metrics/pretrain.json and the curve logs/pretrain.csv. Resumes after
+a crash (vlm/training/resume.py).
 """
 
 from __future__ import annotations
@@ -52,10 +53,11 @@ def run(cfg: Config) -> None:
     t0 = time.time()
     resume = resume_for("text-pretrain", cfg)
     staged = resume.folder / "branch_points"  # kept across a crash, like the resume checkpoints
+    save = SaveWeightsAt(lm, save_at, staged, optimizer=pt.save_optimizer)
     trainer = make_trainer(
         ComposerLM(lm), train, f"{pt.steps}ba", pt.lr, warmup_cosine_scheduler(pt.warmup_steps, pt.final_lr_ratio),
         "text-pretrain", cfg.seed, **curve_paths("pretrain"), resume=resume, weight_decay=pt.weight_decay,
-        eval_data=val, eval_interval=at_branch_point, callbacks=[SaveWeightsAt(lm, save_at, staged)],
+        eval_data=val, eval_interval=at_branch_point, callbacks=[save],
         microbatch_size=cfg.train.microbatch_size, fsdp=cfg.train.fsdp,
     )
     trainer.fit()

@@ -298,12 +298,33 @@ def test_cross_checks_wait_for_every_field():
 
 
 def test_int_for_float_is_accepted_as_float():
-    edit = put(pretrain__lr=1, cooldown__min_continue_lr=0, pretrain__branch_points=[1], branch__fraction=1)
+    edit = put(pretrain__lr=1, cooldown__rewarm_lr=1, pretrain__branch_points=[1], branch__fraction=1)
     cfg = parse(edit(copy.deepcopy(RAW)))
     assert cfg.pretrain.lr == 1.0 and type(cfg.pretrain.lr) is float
-    assert type(cfg.cooldown.min_continue_lr) is float
+    assert type(cfg.cooldown.rewarm_lr) is float
     assert cfg.pretrain.branch_points == [1.0] and type(cfg.pretrain.branch_points[0]) is float
     assert type(cfg.branch.fraction) is float
+
+
+@pytest.mark.parametrize("value", ["auto", True, False])
+def test_branch_rewarm_takes_auto_or_a_boolean(value):
+    assert parse(put(branch__rewarm=value)(copy.deepcopy(RAW))).branch.rewarm == value
+
+
+@pytest.mark.parametrize("value", ["yes", 1, "true", None])
+def test_branch_rewarm_refuses_anything_else(value):
+    with pytest.raises(ParamError, match=r'`branch.rewarm` must be a boolean \(true/false\) or "auto"|'
+                       r"`branch.rewarm` must be one of"):
+        parse(put(branch__rewarm=value)(copy.deepcopy(RAW)))
+
+
+def test_carrying_the_optimizer_needs_the_text_run_to_save_it():
+    with pytest.raises(ParamError, match="`branch.optimizer` carry needs .* `pretrain.save_optimizer` true"):
+        parse(put(branch__optimizer="carry", pretrain__save_optimizer=False)(copy.deepcopy(RAW)))
+    with pytest.raises(ParamError, match="`pretrain.save_optimizer` is not supported with `train.fsdp`"):
+        parse(put(pretrain__save_optimizer=True, train__fsdp=True)(copy.deepcopy(RAW)))
+    assert parse(put(branch__optimizer="carry", pretrain__save_optimizer=True)(copy.deepcopy(RAW))).branch.optimizer \
+        == "carry"
 
 
 def test_branch_point_that_lands_on_a_whole_step_is_accepted():
@@ -341,7 +362,7 @@ def test_existing_tokenizer_file_and_pretrained_folder_are_accepted(tmp_path, mo
     ("pretrain.lr", math.nan),
     ("cooldown.image_ratio", math.nan),
     ("pretrain.weight_decay", math.inf),
-    ("cooldown.min_continue_lr", math.inf),
+    ("cooldown.warmup_steps", math.inf),
 ])
 def test_non_finite_numbers_are_rejected(dotted, value):
     """`.nan` passes every range check (all comparisons with NaN are false), `.inf` passes an open

@@ -151,7 +151,7 @@ def test_the_closure_finds_the_shared_plumbing_and_lazy_imports():
         assert Path(f) in files
     assert Path("vlm/model/lm.py") in closure("pipeline.check_params")  # imported inside size_line()
     assert Path("vlm/evaluation/scoring.py") not in files
-    assert products_named(stage_files("evaluate")) >= {paths.RAW, paths.PRETRAIN, paths.FINETUNE, paths.ENCODER}
+    assert products_named(stage_files("evaluate")) >= {paths.RAW, paths.BRANCH, paths.FINETUNE, paths.ENCODER}
 
 
 @pytest.mark.parametrize("stage", ["stream-shard", "mixed-cooldown", "evaluate"])

@@ -113,7 +113,8 @@ def test_fsdp_trains_the_same_model_as_one_process(repo):
     one = {c: csv_column(repo / f"logs/{c}.csv", "loss") for c in curves}
     one_weights = {f: load_file(repo / f / "model.safetensors") for f in ("data/cooldown", "data/finetune")}
 
-    set_params(repo, **{"train.nproc": 2, "train.fsdp": True, "resume.checkpoint_interval": 2})
+    set_params(repo, **{"train.nproc": 2, "train.fsdp": True, "resume.checkpoint_interval": 2,
+                        "pretrain.save_optimizer": False})  # not with FSDP (the params check)
     proc = run(repo, "dvc", "repro", "finetune")
     assert "text-pretrain: 2 processes (2 on this machine), 2 samples each per step; weights, gradients and " \
            "optimizer state sharded over them (FSDP2)" in proc.stdout

@@ -198,6 +198,39 @@ def test_the_lr_chain_from_text_run_to_cooldown(tiny):
     assert lr[max(lr)] < lr[1]  # and decays from there
 
 
+def test_branch_rewarm_true_rewarms_a_cooldown_that_would_continue(tiny):
+    """The default branch (80%) continues from the branch LR under `auto` (the test above); with
+    `branch.rewarm: true` its first step trains at LR 0 and the warmup climbs to `cooldown.rewarm_lr`."""
+    set_params(tiny, **{"branch.rewarm": True})
+    assert ran(run(tiny, "dvc", "repro", "mixed-cooldown")) == ["mixed-cooldown"]
+    cd = params_of(tiny)["cooldown"]
+    assert json.loads((tiny / "metrics/cooldown.json").read_text())["lr_mode"] == "rewarm"
+    lr = csv_column(tiny / "logs/cooldown.csv", "lr")
+    assert lr[1] == 0.0
+    assert lr[2] == pytest.approx(cd["rewarm_lr"] / cd["warmup_steps"], rel=1e-5)
+
+
+def test_branch_optimizer_carry_hands_the_text_runs_adam_moments_to_the_cooldown(tiny):
+    """The branch point's moments travel from data/pretrain through data/branch into the cooldown; with
+    everything else equal (seed, LR, data), carried moments train other weights than fresh ones (the
+    default): were the carry a no-op, the two cooldowns would be bit-identical."""
+    step = json.loads((tiny / "data/branch/branch.json").read_text())["step"]
+    saved = load_file(tiny / f"data/pretrain/ba{step}/optimizer.safetensors")
+    assert saved.keys() == load_file(tiny / "data/branch/optimizer.safetensors").keys()
+    assert all(saved[k].equal(v) for k, v in load_file(tiny / "data/branch/optimizer.safetensors").items())
+    assert {v.item() for k, v in saved.items() if k.endswith(".step")} == {step}
+    fresh = load_file(tiny / "data/cooldown/model.safetensors")
+    assert json.loads((tiny / "metrics/cooldown.json").read_text())["optimizer"] == "fresh"
+    set_params(tiny, **{"branch.optimizer": "carry"})
+    assert ran(run(tiny, "dvc", "repro", "mixed-cooldown")) == ["mixed-cooldown"]
+    assert json.loads((tiny / "metrics/cooldown.json").read_text())["optimizer"] == "carried"
+    carried = load_file(tiny / "data/cooldown/model.safetensors")
+    lm = [k for k in carried if k.startswith("lm.")]
+    assert lm and any(not carried[k].equal(fresh[k]) for k in lm)
+    lr = csv_column(tiny / "logs/cooldown.csv", "lr")  # the LR plan is not what differs
+    assert lr[1] == pytest.approx(json.loads((tiny / "data/branch/branch.json").read_text())["lr"], rel=1e-5)
+
+
 def test_realised_image_token_ratio_matches_the_batch_composition(tiny):
     """Within a couple of points at this tiny size (54 caption samples); the default run's committed
     metrics, with 4,200 caption samples, must match within 0.005 (see the next test)."""
@@ -329,9 +362,9 @@ def test_exp_run_of_an_image_ratio_reruns_only_cooldown_finetune_evaluate(tiny):
 @pytest.mark.slow
 @pytest.mark.parametrize("fraction", [1.0, 0.0])
 def test_a_rewarm_branch_runs_end_to_end_with_its_warmup_and_peak(tiny, fraction):
-    """At 100% the branch LR has decayed below `cooldown.min_continue_lr`, at 0% it is 0: the cooldown
-    re-warms linearly to `cooldown.rewarm_lr` over `cooldown.warmup_steps`, then decays. The text run
-    is never re-run."""
+    """At 100% (the branch LR has decayed) and 0% (it is 0), `branch.rewarm: auto` re-warms the cooldown
+    linearly to `cooldown.rewarm_lr` over `cooldown.warmup_steps`, then decays. The text run is never
+    re-run."""
     set_params(tiny, **{"branch.fraction": fraction})
     proc = run(tiny, "dvc", "repro")
     assert ran(proc) == ["branch-at-fraction", "mixed-cooldown", "finetune", "evaluate"]
@@ -339,7 +372,7 @@ def test_a_rewarm_branch_runs_end_to_end_with_its_warmup_and_peak(tiny, fraction
     cd = p["cooldown"]
     info = json.loads((tiny / "data/branch/branch.json").read_text())
     assert info["step"] == round(fraction * p["pretrain"]["steps"])
-    assert info["lr"] < cd["min_continue_lr"]
+    assert p["branch"]["rewarm"] == "auto"
     cooldown = json.loads((tiny / "metrics/cooldown.json").read_text())
     assert (cooldown["lr_mode"], cooldown["start_lr"]) == ("rewarm", cd["rewarm_lr"])
     lr = csv_column(tiny / "logs/cooldown.csv", "lr")

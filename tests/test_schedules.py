@@ -11,6 +11,7 @@ import yaml
 from composer.core import State, Timestamp
 from composer.devices import DeviceCPU
 
+from vlm.config import BranchConfig
 from vlm.training.schedules import cooldown_plan, warmup_cosine, warmup_cosine_scheduler
 
 TOTAL, WARMUP, PEAK, FINAL = 100, 10, 2.0, 0.1
@@ -67,9 +68,9 @@ def test_warmup_cosine_without_warmup_starts_at_peak():
 
 # ---- cooldown rule ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("branch_lr", [0.0, 1e-5, 9.99e-5])
-def test_cooldown_rewarms_below_threshold(branch_lr):
-    plan = cooldown_plan(branch_lr, min_continue_lr=1e-4, rewarm_lr=3e-4, warmup=20, final_ratio=FINAL)
+@pytest.mark.parametrize("branch_lr", [0.0, 1e-5, 1e-3])
+def test_a_rewarmed_cooldown_warms_up_to_its_own_peak_whatever_the_branch_lr(branch_lr):
+    plan = cooldown_plan(branch_lr, rewarm=True, rewarm_lr=3e-4, warmup=20, final_ratio=FINAL)
     assert plan.mode == "rewarm"
     assert plan.peak_lr == 3e-4 and plan.warmup == 20 and plan.final_ratio == FINAL
     assert plan.lr(0, 200) == 0.0
@@ -77,14 +78,22 @@ def test_cooldown_rewarms_below_threshold(branch_lr):
     assert plan.lr(200, 200) == pytest.approx(3e-4 * FINAL)
 
 
-@pytest.mark.parametrize("branch_lr", [1e-4, 2.5e-4, 1e-3])
-def test_cooldown_continues_from_branch_lr(branch_lr):
-    plan = cooldown_plan(branch_lr, min_continue_lr=1e-4, rewarm_lr=3e-4, warmup=20, final_ratio=FINAL)
+@pytest.mark.parametrize("branch_lr", [1e-5, 2.5e-4, 1e-3])
+def test_a_continued_cooldown_starts_at_the_branch_lr_whatever_it_is(branch_lr):
+    plan = cooldown_plan(branch_lr, rewarm=False, rewarm_lr=3e-4, warmup=20, final_ratio=FINAL)
     assert plan.mode == "continue"
     assert plan.peak_lr == branch_lr and plan.warmup == 0
     assert plan.lr(0, 200) == pytest.approx(branch_lr)
     assert plan.lr(100, 200) == pytest.approx(branch_lr * (FINAL + (1 - FINAL) / 2))
     assert plan.lr(200, 200) == pytest.approx(branch_lr * FINAL)
+
+
+@pytest.mark.parametrize(("fraction", "rewarm", "expected"), [
+    (0.0, "auto", True), (0.2, "auto", False), (0.8, "auto", False), (1.0, "auto", True),
+    (0.8, True, True), (1.0, False, False), (0.0, False, False),
+])
+def test_branch_rewarm_auto_rewarms_at_zero_and_one_only(fraction, rewarm, expected):
+    assert BranchConfig(fraction=fraction, rewarm=rewarm, optimizer="reset").rewarms() is expected
 
 
 # ---- Composer schedulers follow the closed forms ------------------------------------------------
@@ -102,7 +111,7 @@ def test_composer_warmup_cosine_matches_closed_form():
 @pytest.mark.parametrize(("branch_lr", "mode"), [(0.0, "rewarm"), (5e-5, "rewarm"), (2e-4, "continue")])
 def test_cooldown_scheduler_matches_plan(branch_lr, mode):
     total = 60
-    plan = cooldown_plan(branch_lr, min_continue_lr=1e-4, rewarm_lr=3e-4, warmup=6, final_ratio=0.2)
+    plan = cooldown_plan(branch_lr, mode == "rewarm", rewarm_lr=3e-4, warmup=6, final_ratio=0.2)
     assert plan.mode == mode
     steps = [0, 1, 3, 6, 7, 20, 33, 59, 60]
     got = [m * plan.peak_lr for m in multipliers(plan.scheduler(), total, steps)]
@@ -117,7 +126,8 @@ def test_the_study_lr_rule_on_the_default_params(fraction, mode):
     pt, cd = params["pretrain"], params["cooldown"]
     step = round(fraction * pt["steps"])
     branch_lr = warmup_cosine(step, pt["steps"], pt["lr"], pt["warmup_steps"], pt["final_lr_ratio"])
-    plan = cooldown_plan(branch_lr, cd["min_continue_lr"], cd["rewarm_lr"], cd["warmup_steps"], cd["final_lr_ratio"])
+    rewarm = BranchConfig(**{**params["branch"], "fraction": fraction}).rewarms()
+    plan = cooldown_plan(branch_lr, rewarm, cd["rewarm_lr"], cd["warmup_steps"], cd["final_lr_ratio"])
     assert plan.mode == mode
     total = cd["steps"]
     if mode == "continue":  # cosine from the branch LR down to branch LR * final ratio, no warmup

@@ -202,6 +202,12 @@ def test_a_two_variant_two_seed_study_end_to_end(tmp_path, tiny):
 
     again = run(repo, "python", "-m", "pipeline.study", "tiny-ratio")  # nothing left to run
     assert "4 runs (4 already done)" in again.stdout
+    # a killed workspace `dvc exp run` leaves EXEC_BASELINE at its commit: DVC then reads `HEAD` as
+    # that commit; the runner names the baseline by its hash and still finds the study's runs
+    first = run(repo, "git", "rev-list", "--max-parents=0", "HEAD").stdout.strip()
+    run(repo, "git", "update-ref", "refs/exps/exec/EXEC_BASELINE", first)
+    assert "4 runs (4 already done)" in run(repo, "python", "-m", "pipeline.study", "tiny-ratio").stdout
+    run(repo, "git", "update-ref", "-d", "refs/exps/exec/EXEC_BASELINE")
 
     # elsewhere: a bare git remote and a DVC remote stand in for the cluster's
     remote, store = tmp_path / "origin.git", tmp_path / "dvc-store"

@@ -235,6 +235,9 @@ class PretrainConfig:
     final_lr_ratio: float = spec(0.0, 1.0)
     weight_decay: float = spec(0.0)
     branch_points: list[float] = spec(0.0, 1.0, lo_open=True)
+    # Also save Adam's moments at each branch point (twice the weights' size), so a cooldown can
+    # carry them (`branch.optimizer: carry`) as the paper's continued run does.
+    save_optimizer: bool = spec()
 
     def branch_steps(self) -> dict[float, int]:
         """{fraction: step} of every branch point (each lands on a whole step: checked by `load`)."""
@@ -244,6 +247,16 @@ class PretrainConfig:
 @dataclass(frozen=True)
 class BranchConfig:
     fraction: float = spec(0.0, 1.0)
+    # Re-warm the cooldown's LR (to `cooldown.rewarm_lr`) or continue from the branch's LR. auto:
+    # re-warm at 0.0 (from scratch, LR 0) and 1.0 (the finished run, LR decayed), as the paper does.
+    rewarm: bool | str = spec(choices=("auto", True, False), auto=True)
+    # Adam's state at the branch: reset (fresh moments, every fraction alike) or carry the text run's
+    # (at 0.0 there is none to carry: the same as reset).
+    optimizer: str = spec(choices=("reset", "carry"))
+
+    def rewarms(self) -> bool:
+        """Whether the cooldown re-warms its LR at this branch."""
+        return self.fraction in (0.0, 1.0) if self.rewarm == "auto" else bool(self.rewarm)
 
 
 @dataclass(frozen=True)
@@ -252,7 +265,6 @@ class CooldownConfig:
     batch_size: int = spec(1)
     image_ratio: float = spec(0.0, 1.0)
     instruct_ratio: float = spec(0.0, 1.0)
-    min_continue_lr: float = spec(0.0)
     rewarm_lr: float = spec(0.0, 1.0, lo_open=True)
     warmup_steps: int = spec(0)
     final_lr_ratio: float = spec(0.0, 1.0)
@@ -383,7 +395,7 @@ ALL_KEYS = _keys(Config)
 
 def _type_name(hint: Any, auto: bool = False) -> str:
     if hint is bool:
-        return "a boolean (true/false)"
+        return "a boolean (true/false)" + (' or "auto"' if auto else "")
     if hint is int:
         return "an integer" + (' or "auto"' if auto else "")
     if hint is float:
@@ -397,10 +409,10 @@ def _type_name(hint: Any, auto: bool = False) -> str:
 
 def _check_value(key: str, value: Any, hint: Any, meta: dict, errors: list[str]) -> Any:
     """The value converted to the field's type (int -> float), or None with an error appended."""
-    if meta.get("auto"):  # `int | str`: an integer, or "auto"
+    if meta.get("auto"):  # `int | str` or `bool | str`: a value of the other type, or "auto"
         if value == "auto":
             return value
-        hint = int
+        hint = next(arm for arm in typing.get_args(hint) if arm is not str)
     optional = isinstance(hint, types.UnionType)  # `str | None`: an optional path
     if optional:
         if value is None or value == "":
@@ -536,6 +548,12 @@ def cross_checks(cfg: Config) -> list[str]:
     if not any(abs(cfg.branch.fraction - f) < 1e-9 for f in valid):
         errors.append(f"`branch.fraction` {cfg.branch.fraction} is not a saved branch point; valid values: {valid} "
                       "(0.0 = from scratch; add it to `pretrain.branch_points` to branch elsewhere)")
+    if cfg.branch.optimizer == "carry" and not pt.save_optimizer:
+        errors.append("`branch.optimizer` carry needs the text run's Adam moments: set `pretrain.save_optimizer` "
+                      "true (or `branch.optimizer` reset)")
+    if pt.save_optimizer and cfg.train.fsdp:
+        errors.append("`pretrain.save_optimizer` is not supported with `train.fsdp` (sharded Adam moments are not "
+                      "gathered at the branch points yet): set it false")
     if cd.image_ratio + cd.instruct_ratio > 1 + 1e-9:
         errors.append(f"`cooldown.image_ratio` + `cooldown.instruct_ratio` = {cd.image_ratio + cd.instruct_ratio:g}"
                       " > 1 (the rest of the cooldown is text)")

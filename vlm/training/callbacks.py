@@ -22,6 +22,7 @@ from vlm.data.batches import KIND_NAMES, real_tokens
 from vlm.faults import crash_point
 from vlm.model import store
 from vlm.model.lm import num_params
+from vlm.training.moments import save_moments
 
 # CSV column -> the name Composer (or TokenShare) logs it under; "loss" is read from the state
 CURVE_COLUMNS = {
@@ -152,14 +153,15 @@ def count_params(module: torch.nn.Module) -> dict[str, int]:
 
 class SaveWeightsAt(Callback):
     """Saves `module`'s weights (a `vlm.model.store` folder, safetensors) right after each of `steps`,
-    from the first process only (the others hold the same weights, or with FSDP their shards of them).
+    from the first process only (the others hold the same weights, or with FSDP their shards of them);
+    with `optimizer`, Adam's moments for those weights beside them (vlm/training/moments.py).
 
     The text run's branch points: results, unlike Composer's resume checkpoints, so they hold the
-    weights alone and nothing that differs from run to run.
+    weights (and moments) alone and nothing that differs from run to run.
     """
 
-    def __init__(self, module: torch.nn.Module, steps: set[int], folder: Path):
-        self.module, self.steps, self.folder = module, steps, Path(folder)
+    def __init__(self, module: torch.nn.Module, steps: set[int], folder: Path, optimizer: bool = False):
+        self.module, self.steps, self.folder, self.optimizer = module, steps, Path(folder), optimizer
 
     def batch_end(self, state: State, logger: Logger) -> None:
         step = state.timestamp.batch.value
@@ -167,3 +169,5 @@ class SaveWeightsAt(Callback):
             weights = store.full_weights(self.module)  # every process: FSDP's shards are gathered together
             if dist.get_global_rank() == 0:
                 store.save(self.module, self.folder / f"ba{step}", weights=weights)
+                if self.optimizer:
+                    save_moments(self.module, state.optimizers[0], self.folder / f"ba{step}")

@@ -5,8 +5,8 @@
 - cooldown, continuing: starts at the branch LR the main schedule had and decays it by cosine to
   `branch_lr * final_ratio` over the cooldown budget (CosineAnnealingScheduler, no warmup).
 - cooldown / finetune, re-warmed: warmup to its own peak, then cosine (as the main schedule). A
-  cooldown re-warms where the branch LR is below `cooldown.min_continue_lr`: at 0% (from scratch,
-  the LR is 0) and 100% (the LR has already decayed), as in the study.
+  cooldown re-warms where `branch.rewarm` says: by default at 0% (from scratch, the LR is 0) and
+  100% (the LR has already decayed), as in the study (`BranchConfig.rewarms`).
 """
 
 from __future__ import annotations
@@ -46,10 +46,8 @@ class CooldownPlan:
         return warmup_cosine_scheduler(self.warmup, self.final_ratio)
 
 
-def cooldown_plan(
-    branch_lr: float, min_continue_lr: float, rewarm_lr: float, warmup: int, final_ratio: float
-) -> CooldownPlan:
-    """The study's rule: continue from the branch LR unless it is below `min_continue_lr`."""
-    if branch_lr >= min_continue_lr:
-        return CooldownPlan("continue", branch_lr, 0, final_ratio)
-    return CooldownPlan("rewarm", rewarm_lr, warmup, final_ratio)
+def cooldown_plan(branch_lr: float, rewarm: bool, rewarm_lr: float, warmup: int, final_ratio: float) -> CooldownPlan:
+    """Re-warm to `rewarm_lr`, or continue from the branch LR."""
+    if rewarm:
+        return CooldownPlan("rewarm", rewarm_lr, warmup, final_ratio)
+    return CooldownPlan("continue", branch_lr, 0, final_ratio)
