@@ -10,9 +10,11 @@ every value (each variant's params go through the same schema check as params.ya
 seed is the DVC experiment `<study>-<value>-s<seed>`: `-S <param>=<value> -S study.seed=<seed>`
 plus the study's `fixed` params. With `study.chain_seeds` above 1, chain c > 0 adds the runs
 `<study>-<value>-c<c>-s<seed>` with `-S seed=<seed + c>`: whole chains (world, encoder, text run)
-of their own, shared by the variants. Experiments that already exist are not queued again, so a
-study that was stopped picks up where it was. The queue runs one experiment at a time (`dvc queue
-start -j 1`); a failed one is reported and the others go on. Shared upstream stages (text-pretrain)
+of their own, shared by the variants. Runs already done are not queued again: experiments of any
+commit with HEAD's dvc.lock, and the runs recorded in the committed `reports/<study>/metrics.json`
+under the same dvc.lock, so a study that was stopped picks up where it was, in this clone or another.
+The queue runs one experiment at a time (`dvc queue start -j 1`); a failed one is reported and the
+others go on. Shared upstream stages (text-pretrain)
 are never re-run for chain 0: DVC skips them because their params and deps are those of the
 committed baseline, and the report counts, from each experiment's DVC log, where text-pretrain ran.
 
@@ -20,7 +22,8 @@ The report (`reports/<study>/`): `report.md` (per variant: params, then mean ± 
 every score; where chains were repeated, the spread split into study and chain seeds; and each of
 the paper's findings the study touches, tested by pipeline/verdicts.py: difference, confidence
 interval, test and p-value, the difference the study could have detected, verdict at
-`study.alpha`), `metrics.json` (the same numbers, every run's value among them) and `<study>.png`
+`study.alpha`), `metrics.json` (the same numbers, and every run: params, scores, wall minutes, under
+the pipeline's dvc.lock hash; re-written after each finished run) and `<study>.png`
 (the paper's style: the swept param on x, vision and text stable scores with sd error bars,
 per-task accuracies; re-warmed cooldowns marked).
 """
@@ -185,20 +188,57 @@ def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
+def same_pipeline_commits(limit: int = 100) -> list[str]:
+    """HEAD and the first-parent commits before it that hold the same dvc.lock: every stage's deps,
+    params and outputs alike, so experiments queued on any of them ran the pipeline HEAD would run
+    (a README fix committed mid-study keeps the study's runs)."""
+    lock = pipeline_id()
+    out = []
+    for sha in _git("rev-list", "--first-parent", f"--max-count={limit}", "HEAD").split():
+        if subprocess.run(["git", "rev-parse", "-q", "--verify", f"{sha}:dvc.lock"], capture_output=True,
+                          text=True).stdout.strip() != lock:
+            break
+        out.append(sha)
+    return out
+
+
+def pipeline_id() -> str:
+    """The git hash of HEAD's dvc.lock: runs recorded under the same one ran the same pipeline."""
+    return _git("rev-parse", "HEAD:dvc.lock").strip()
+
+
 def experiments() -> dict[str, dict]:
-    """{experiment name: its `dvc exp show --json` revision data} of the current baseline.
+    """{experiment name: its `dvc exp show --json` revision data} of the baseline commits
+    (`same_pipeline_commits`).
 
     The baseline is named by its commit: for `HEAD`, DVC reads refs/exps/exec/EXEC_BASELINE when that
     exists, and a workspace `dvc exp run` that was killed leaves it behind, pointing at an old commit
     (seen here: the report would have been made of that commit's experiments)."""
-    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    commits = same_pipeline_commits()
     out = {}
-    for rev in json.loads(dvc("exp", "show", "--json", "--rev", head).stdout):
+    for rev in json.loads(dvc("exp", "show", "--json", "--rev", commits[0], "-n", str(len(commits))).stdout):
+        if rev.get("rev") not in commits:
+            continue
         for exp in rev.get("experiments") or []:
             data = exp["revs"][0]
             if data.get("data"):
                 out[exp["name"]] = data
     return out
+
+
+def recorded(study: Study, runs: list[Run]) -> dict[str, dict]:
+    """{run name: row} of the runs that `reports/<study>/metrics.json` records under this pipeline
+    (`pipeline_id`) with the same params: a study that ran in parts, in other clones, resumes from
+    its committed report (DVC's experiments live in one clone's git refs and cache)."""
+    path = REPORTS / study.name / "metrics.json"
+    if not path.exists():
+        return {}
+    kept = json.loads(path.read_text(encoding="utf-8"))
+    if kept.get("baseline", {}).get("dvc.lock") != pipeline_id():
+        return {}
+    by_name = {r.name: r for r in runs}
+    return {row["run"]: row for row in kept.get("runs", [])
+            if row.get("run") in by_name and row.get("sets") == by_name[row["run"]].sets}
 
 
 def queue_status() -> dict[str, str]:
@@ -263,46 +303,60 @@ def baseline_problem() -> str | None:
     return None
 
 
-def run_study(study: Study, runs: list[Run], poll: float = 30.0) -> tuple[list[str], str]:
-    """Queue the runs that do not exist yet, run the queue, show progress every `poll` seconds;
-    returns the failed ones and a line on the wall time.
+def to_run(study: Study, runs: list[Run], done: set[str]) -> list[Run]:
+    """The runs not done, in queue order: first the variants the paper's findings compare, so a study
+    stopped part-way already has its verdicts."""
+    judged = {_yaml_value(v) for f in study.findings for v in (f.better, f.worse)}
+    return sorted((r for r in runs if r.name not in done), key=lambda r: _yaml_value(r.value) not in judged)
+
+
+def run_study(study: Study, runs: list[Run], poll: float = 30.0, alpha: float = verdicts.ALPHA) -> list[str]:
+    """Queue the runs not yet done (`experiments`, `recorded`), run the queue, show progress every
+    `poll` seconds and re-write the report after each finished run (so a study stopped at any point
+    keeps what it did); returns the failed runs.
 
     Each look at the queue starts two `dvc` processes (about a second of CPU each), so a short
     `poll` would take a good part of a small machine away from the training it watches."""
-    done = experiments()
-    todo = [r for r in runs if r.name not in done]
+    todo = to_run(study, runs, experiments().keys() | recorded(study, runs).keys())
     print(f"study {study.name}: {len(runs)} runs ({len(runs) - len(todo)} already done), one at a time", flush=True)
     for r in todo:
         dvc("exp", "run", "--queue", "-n", r.name, *r.args())
     if not todo:
-        return [], ""
+        return []
     # The worker it starts lives on and would hold a pipe open: its output goes to a file instead.
     with tempfile.TemporaryFile() as log:
         if subprocess.run(["dvc", "queue", "start", "-j", "1"], stdout=log, stderr=log).returncode:
             log.seek(0)
             raise RuntimeError(f"dvc queue start failed:\n{log.read().decode(errors='replace')}")
-    t0, last, began = time.time(), "", None  # began: when the first of these runs was seen running
+    t0, last = time.time(), ""
+    mark = None  # when the run now going began: the first seen running, then each one's end
+    minutes: dict[str, float] = {}  # wall minutes of each run that finished while watched
     names = {r.name for r in todo}
     while True:
         status = {n: s for n, s in queue_status().items() if n in names}
         running = [n for n, s in status.items() if s == "Running"]
-        finished = sum(s in ("Success", "Failed") for s in status.values())
-        if began is None and (running or finished):
-            began = time.time()
-        line = (f"[{finished}/{len(todo)}] " + (f"{running[0]}: {current_stage(running[0])}" if running else "")
+        ended = [n for n, s in status.items() if s in ("Success", "Failed") and n not in minutes]
+        if mark is None and (running or ended):  # ended unseen: it began with the queue
+            mark = t0 if ended else time.time()
+        if ended:
+            now = time.time()
+            for n in ended:  # two ends within one poll share its time
+                minutes[n] = (now - mark) / 60 / len(ended)
+            mark = now
+            if any(status[n] == "Success" for n in ended):
+                report(study, runs, alpha=alpha, minutes=minutes)
+        line = (f"[{len(minutes)}/{len(todo)}] " + (f"{running[0]}: {current_stage(running[0])}" if running else "")
                 + f" ({(time.time() - t0) / 60:.1f} min)")
         if line.split(" (")[0] != last:
             print(line, flush=True)
             last = line.split(" (")[0]
-        if finished == len(todo) or (not running and not any(s == "Queued" for s in status.values())):
+        if len(minutes) == len(todo) or (not running and not any(s == "Queued" for s in status.values())):
             break
         time.sleep(poll)
     failed = sorted(n for n, s in status.items() if s != "Success")
     for n in failed:
         print(f"study {study.name}: {n} failed; `dvc queue logs {n}` shows why", flush=True)
-    # from the first of this study's runs, not from queueing: runs queued before it go first
-    minutes = (time.time() - (began or t0)) / 60
-    return failed, f"The {len(todo)} runs took {minutes:.1f} min here, {minutes / len(todo):.1f} min per run."
+    return failed
 
 
 # ---- reporting -----------------------------------------------------------------------------------
@@ -314,15 +368,24 @@ def _metric(data: dict, file: str, *path: str) -> Any:
     return node if node != {} else None
 
 
-def collect(study: Study, runs: list[Run]) -> list[dict]:
-    """One row per finished run: value, seed, the scores and per-task accuracies, cooldown LR mode."""
-    exps, rows = experiments(), []
+def collect(study: Study, runs: list[Run], minutes: dict[str, float] | None = None) -> list[dict]:
+    """One row per finished run: its name, value, seeds and params, the scores and per-task
+    accuracies, the cooldown's LR mode, whether its DVC log shows text-pretrain running (None: no log
+    here) and its wall minutes (None: not timed). Runs of this clone's experiments come first; the
+    others from the committed report (`recorded`)."""
+    exps, kept, rows = experiments(), recorded(study, runs), []
     for r in runs:
         if r.name not in exps:
+            if r.name in kept:
+                rows.append({**kept[r.name], "value": r.value})
             continue
         data = exps[r.name]["data"]
-        row = {"run": r.name, "value": r.value, "seed": r.seed, "chain": r.chain, "key": r.key,
-               "lr_mode": _metric(data, "metrics/cooldown.json", "lr_mode")}
+        log = dvc("queue", "logs", r.name, check=False).stdout
+        row = {"run": r.name, "value": r.value, "seed": r.seed, "chain": r.chain, "key": r.key, "sets": r.sets,
+               "lr_mode": _metric(data, "metrics/cooldown.json", "lr_mode"),
+               "text_pretrain": ("Running stage 'text-pretrain'" in log
+                                 if "Running stage" in log or "didn't change" in log else None),
+               "minutes": (minutes or {}).get(r.name, kept.get(r.name, {}).get("minutes"))}
         for s in SCORES:
             row[s] = _metric(data, "metrics/eval.json", s)
         for task, t in (_metric(data, "metrics/eval.json", "tasks") or {}).items():
@@ -408,19 +471,24 @@ def _p(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
-def report(study: Study, runs: list[Run], failed: list[str] = (), timing: str = "",
-           alpha: float = verdicts.ALPHA) -> Path:
-    rows = collect(study, runs)
+def report(study: Study, runs: list[Run], failed: list[str] = (), alpha: float = verdicts.ALPHA,
+           minutes: dict[str, float] | None = None) -> Path:
+    rows = collect(study, runs, minutes)
     summary = summarise(study, rows)
     judged = [judge(f, summary, alpha) for f in study.findings]
     folder = REPORTS / study.name
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "metrics.json").write_text(json.dumps(
-        _finite({"alpha": alpha, "variants": summary, "findings": judged}), indent=2, sort_keys=True) + "\n")
-    logs = {r["run"]: dvc("queue", "logs", r["run"], check=False).stdout for r in rows}
-    logged = [name for name, log in logs.items() if "Running stage" in log or "didn't change" in log]
-    ran_text = [name for name in logged if "Running stage 'text-pretrain'" in logs[name]]
+    (folder / "metrics.json").write_text(json.dumps(_finite({
+        "alpha": alpha, "variants": summary, "findings": judged,
+        "baseline": {"commit": _git("rev-parse", "HEAD").strip(), "dvc.lock": pipeline_id()},
+        "runs": rows}),
+        indent=2, sort_keys=True) + "\n")
+    logged = [row for row in rows if row["text_pretrain"] is not None]
+    ran_text = [row for row in logged if row["text_pretrain"]]
     elsewhere = len(rows) - len(logged)
+    timed = [row["minutes"] for row in rows if row["minutes"] is not None]
+    timing = (f" The {len(timed)} runs took {sum(timed):.1f} min here, {sum(timed) / len(timed):.1f} min per run."
+              if timed else "")
     metrics = [m for m in (*SCORES, *sorted({k for v in summary.values() for k in v if k.endswith("_accuracy")}))
                if any(m in v for v in summary.values())]
     lines = [f"# Study `{study.name}`: {study.title}", "",
@@ -428,8 +496,8 @@ def report(study: Study, runs: list[Run], failed: list[str] = (), timing: str = 
              + (f", with {', '.join(f'`{k}`={_yaml_value(v)}' for k, v in study.fixed.items())}" if study.fixed else "")
              + f"; {len(rows)} of {len(runs)} runs finished (mean ± sd over each variant's n runs: "
              + f"{_seeds(runs)}; every run's value in metrics.json).",
-             f"text-pretrain ran in {len(ran_text)} of the {len(logged)} runs with a DVC log here"
-             + (f" ({elsewhere} ran elsewhere)" if elsewhere else "") + "." + (f" {timing}" if timing else ""), "",
+             f"text-pretrain ran in {len(ran_text)} of the {len(logged)} runs with a DVC log"
+             + (f" ({elsewhere} ran elsewhere)" if elsewhere else "") + "." + timing, "",
              "| " + study.param + " | n | " + " | ".join(metrics) + " |",
              "|---" * (len(metrics) + 2) + "|"]
     for value, stats in summary.items():
@@ -545,13 +613,12 @@ def main(argv: list[str]) -> int:
         for r in runs:
             dvc("exp", "pull", args.pull, r.name, check=False)
     failed: list[str] = []
-    timing = ""
     if not (args.report or args.pull):
         if problem := baseline_problem():
             print(f"study {study.name}: {problem}", file=sys.stderr)
             return 1
-        failed, timing = run_study(study, runs, args.poll)
-    print(f"study {study.name}: report in {report(study, runs, failed, timing, alpha)}", flush=True)
+        failed = run_study(study, runs, args.poll, alpha)
+    print(f"study {study.name}: report in {report(study, runs, failed, alpha)}", flush=True)
     return 1 if failed else 0
 
 

@@ -139,6 +139,45 @@ def test_a_workspace_that_differs_from_the_commit_is_refused_naming_the_keys_and
     assert proc.stdout.strip() == "[]"
 
 
+def test_a_study_resumes_from_the_runs_its_committed_report_records(tmp_path, monkeypatch):
+    """DVC's experiments live in one clone; the report's metrics.json records each finished run with
+    its params under the pipeline it ran (dvc.lock's git hash). A clone at a commit with the same
+    dvc.lock takes those runs as done; another dvc.lock, or other params for a run's name, does not."""
+    monkeypatch.chdir(tmp_path)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], check=True)
+    Path("dvc.lock").write_text("schema: '2.0'\n")
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "baseline"], check=True)
+    study = S.Study("s", "s", "cooldown.image_ratio", [0.1, 0.3])
+    runs = [S.Run(f"s-{v}-s0", v, 0, {"cooldown.image_ratio": v, "study.seed": 0}) for v in (0.1, 0.3)]
+    rows = [{"run": r.name, "value": r.value, "seed": 0, "chain": 0, "key": "c0-s0", "sets": r.sets,
+             "lr_mode": "continue", "text_pretrain": False, "minutes": 9.5, "vision_stable": 0.4} for r in runs]
+    Path("reports/s").mkdir(parents=True)
+    kept = {"baseline": {"commit": "x", "dvc.lock": S.pipeline_id()}, "runs": rows[:1]}
+    Path("reports/s/metrics.json").write_text(json.dumps(kept))
+    assert S.recorded(study, runs) == {"s-0.1-s0": rows[0]}
+    Path("README.md").write_text("a fix that leaves the pipeline alone\n")  # committed mid-study
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "docs"], check=True)
+    assert len(S.same_pipeline_commits()) == 2 and S.recorded(study, runs) == {"s-0.1-s0": rows[0]}
+    other = [S.Run("s-0.1-s0", 0.1, 0, {"cooldown.image_ratio": 0.1, "study.seed": 0, "branch.fraction": 0.6})]
+    assert S.recorded(study, other) == {}  # the same name with other params: another run
+    Path("dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # the pipeline changed: nothing carries over
+    subprocess.run([*git, "commit", "-qam", "pipeline"], check=True)
+    assert len(S.same_pipeline_commits()) == 1 and S.recorded(study, runs) == {}
+
+
+def test_the_variants_the_findings_compare_are_queued_first(tmp_path):
+    (tmp_path / "studies.yaml").write_text((ROOT / "studies.yaml").read_text())
+    branch = S.load_studies(tmp_path / "studies.yaml")["branch"]
+    runs = S.runs_of(branch, ROOT / "params.yaml")
+    order = [r.name for r in S.to_run(branch, runs, {"branch-0.8-s0"})]
+    assert order[:8] == ["branch-0.0-s0", "branch-0.0-s1", "branch-0.0-s2", "branch-0.8-s1", "branch-0.8-s2",
+                         "branch-1.0-s0", "branch-1.0-s1", "branch-1.0-s2"]
+    assert sorted(order[8:]) == sorted(r.name for r in runs if r.value in (0.2, 0.4, 0.6))
+
+
 def exps_far(repo: Path) -> dict[str, float]:
     shown = json.loads(run(repo, "dvc", "exp", "show", "--json").stdout)
     return {e["name"]: e["revs"][0]["data"]["metrics"]["metrics/eval.json"]["data"]["vision_stable"]
@@ -167,7 +206,7 @@ def test_a_two_variant_two_seed_study_end_to_end(tmp_path, tiny):
     names = {f"tiny-ratio-{v}-s{s}" for v in ("0.1", "0.3") for s in (0, 1)}
     assert set(exps) == names
     report = (repo / "reports/tiny-ratio/report.md").read_text()
-    assert "text-pretrain ran in 0 of the 4 runs with a DVC log here." in report  # the baseline's text run is reused
+    assert "text-pretrain ran in 0 of the 4 runs with a DVC log." in report  # the baseline's text run is reused
     rows = table(report)
     for value in ("0.1", "0.3"):
         scores = [exps[f"tiny-ratio-{value}-s{s}"]["metrics"]["metrics/eval.json"]["data"]["vision_stable"]
@@ -208,6 +247,15 @@ def test_a_two_variant_two_seed_study_end_to_end(tmp_path, tiny):
     run(repo, "git", "update-ref", "refs/exps/exec/EXEC_BASELINE", first)
     assert "4 runs (4 already done)" in run(repo, "python", "-m", "pipeline.study", "tiny-ratio").stdout
     run(repo, "git", "update-ref", "-d", "refs/exps/exec/EXEC_BASELINE")
+    # the report records every run (params, scores, wall minutes) under the pipeline it ran: a commit
+    # that leaves dvc.lock alone keeps the runs, and a clone without the experiments reports them
+    assert [r["minutes"] > 0 for r in kept["runs"]] == [True] * 4 and kept["baseline"]["dvc.lock"]
+    run(repo, "git", "add", "reports")
+    run(repo, "git", "commit", "-qm", "the report")
+    assert "4 runs (4 already done)" in run(repo, "python", "-m", "pipeline.study", "tiny-ratio").stdout
+    subprocess.run(["git", "clone", "-q", str(repo), str(tmp_path / "clone")], check=True)
+    run(tmp_path / "clone", "python", "-m", "pipeline.study", "tiny-ratio", "--report")
+    assert table((tmp_path / "clone/reports/tiny-ratio/report.md").read_text()) == rows
 
     # elsewhere: a bare git remote and a DVC remote stand in for the cluster's
     remote, store = tmp_path / "origin.git", tmp_path / "dvc-store"
