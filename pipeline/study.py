@@ -440,18 +440,21 @@ def _cell(mean: float, sd: float) -> str:
     return f"{mean:.3f}" if math.isnan(sd) else f"{mean:.3f} ± {sd:.3f}"
 
 
-def finding_rows(judged: list[dict]) -> list[str]:
-    """The report's table of the paper's claims, one row per judged finding."""
-    lines = ["| the paper's claim | metric | ours (better vs worse) | difference [95% CI] | test, p "
-             f"| detectable ({verdicts.POWER:.0%} power) | verdict |", "|---|---|---|---|---|---|---|"]
+def finding_rows(judged: list[dict], study: str | None = None) -> list[str]:
+    """The report's table of the paper's claims, one row per judged finding; with `study`, a column
+    naming it (the findings page, pipeline/findings.py)."""
+    first = "| study " if study else ""
+    lines = [first + "| the paper's claim | metric | ours (better vs worse) | difference [95% CI] | test, p "
+             f"| detectable ({verdicts.POWER:.0%} power) | verdict |", "|---" * (7 + bool(study)) + "|"]
+    first = f"| {study} " if study else ""
     for j in judged:
         if j["verdict"] == "not run" or j["test"] == "none":
-            lines.append(f"| {j['claim']} | {j['metric']} | {j['ours']} | - | - | - | {j['verdict']} |")
+            lines.append(f"{first}| {j['claim']} | {j['metric']} | {j['ours']} | - | - | - | {j['verdict']} |")
             continue
         level = round((1 - j["alpha"]) * 100)
         lo, hi = j["ci"]
         ci = f"{j['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]" + ("" if level == 95 else f" ({level}% CI)")
-        lines.append(f"| {j['claim']} | {j['metric']} | {j['ours']} | {ci} | {j['test']}, {_p(j['p'])} "
+        lines.append(f"{first}| {j['claim']} | {j['metric']} | {j['ours']} | {ci} | {j['test']}, {_p(j['p'])} "
                      f"| {j['detectable']:.3f} | {j['verdict']} (α = {j['alpha']:g}) |")
     return lines
 
@@ -481,7 +484,7 @@ def report(study: Study, runs: list[Run], failed: list[str] = (), alpha: float =
     (folder / "metrics.json").write_text(json.dumps(_finite({
         "alpha": alpha, "variants": summary, "findings": judged,
         "baseline": {"commit": _git("rev-parse", "HEAD").strip(), "dvc.lock": pipeline_id()},
-        "runs": rows}),
+        "planned_runs": len(runs), "runs": rows}),
         indent=2, sort_keys=True) + "\n")
     logged = [row for row in rows if row["text_pretrain"] is not None]
     ran_text = [row for row in logged if row["text_pretrain"]]
@@ -511,6 +514,9 @@ def report(study: Study, runs: list[Run], failed: list[str] = (), alpha: float =
         lines += ["", "Failed runs (not in the table): " + ", ".join(failed)]
     (folder / "report.md").write_text("\n".join(lines) + "\n")
     figure(study, summary, folder / f"{study.name}.png")
+    from pipeline import findings  # it reads the reports this module writes
+
+    findings.write()
     return folder / "report.md"
 
 

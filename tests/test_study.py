@@ -14,6 +14,7 @@ import pytest
 import yaml
 from dvcrepo import BIN, ROOT, make_repo, run, set_params
 
+from pipeline import findings
 from pipeline import study as S
 
 TINY_STUDY = {"tiny-ratio": {"title": "two image ratios", "param": "cooldown.image_ratio", "values": [0.1, 0.3],
@@ -51,7 +52,7 @@ def test_bad_studies_fail_before_anything_is_queued(tmp_path, monkeypatch, capsy
 
 def test_the_committed_studies_are_valid():
     studies = S.load_studies(ROOT / "studies.yaml")
-    assert {"branch", "ratio", "scratch-ratio", "instruct", "ft-epochs", "freeze"} <= set(studies)
+    assert {"branch", "ratio", "scratch-ratio", "instruct", "ft-epochs", "freeze", "control"} <= set(studies)
     for study in studies.values():
         runs = S.runs_of(study, ROOT / "params.yaml")
         assert len(runs) == len(study.values) * 3 and len({r.name for r in runs}) == len(runs)
@@ -289,3 +290,13 @@ def test_readme_results_are_the_committed_reports():
         rows = [line for line in report.read_text().splitlines() if line.startswith("|")]
         assert rows and all(row in readme for row in rows), report
         assert f"reports/{report.parent.name}/{report.parent.name}.png" in readme
+
+
+def test_the_findings_page_is_the_committed_reports():
+    """reports/README.md lists every finding the committed reports test, each with its study's verdict."""
+    page = (ROOT / "reports/README.md").read_text()
+    assert page == findings.page(ROOT / "reports", ROOT / "studies.yaml")
+    for path in (ROOT / "reports").glob("*/metrics.json"):
+        for j in json.loads(path.read_text())["findings"]:
+            assert any(line.startswith(f"| [{path.parent.name}](") and f"| {j['claim']} |" in line
+                       and line.endswith(f"| {j['verdict']} (α = {j['alpha']:g}) |") for line in page.splitlines())
