@@ -207,9 +207,10 @@ def pipeline_id() -> str:
     return _git("rev-parse", "HEAD:dvc.lock").strip()
 
 
-def experiments() -> dict[str, dict]:
+def experiments(finished: bool = True) -> dict[str, dict]:
     """{experiment name: its `dvc exp show --json` revision data} of the baseline commits
-    (`same_pipeline_commits`).
+    (`same_pipeline_commits`): those that finished well, or with `finished=False` every one that
+    exists, queued and running ones too (a running one shows the workspace's metrics).
 
     The baseline is named by its commit: for `HEAD`, DVC reads refs/exps/exec/EXEC_BASELINE when that
     exists, and a workspace `dvc exp run` that was killed leaves it behind, pointing at an old commit
@@ -221,7 +222,8 @@ def experiments() -> dict[str, dict]:
             continue
         for exp in rev.get("experiments") or []:
             data = exp["revs"][0]
-            if data.get("data"):
+            state = (exp.get("executor") or {}).get("state")  # none once its git ref is all that is left
+            if data.get("data") and (not finished or state in (None, "success")):
                 out[exp["name"]] = data
     return out
 
@@ -317,7 +319,7 @@ def run_study(study: Study, runs: list[Run], poll: float = 30.0, alpha: float = 
 
     Each look at the queue starts two `dvc` processes (about a second of CPU each), so a short
     `poll` would take a good part of a small machine away from the training it watches."""
-    todo = to_run(study, runs, experiments().keys() | recorded(study, runs).keys())
+    todo = to_run(study, runs, experiments(finished=False).keys() | recorded(study, runs).keys())
     print(f"study {study.name}: {len(runs)} runs ({len(runs) - len(todo)} already done), one at a time", flush=True)
     for r in todo:
         dvc("exp", "run", "--queue", "-n", r.name, *r.args())

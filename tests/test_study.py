@@ -169,6 +169,23 @@ def test_a_study_resumes_from_the_runs_its_committed_report_records(tmp_path, mo
     assert len(S.same_pipeline_commits()) == 1 and S.recorded(study, runs) == {}
 
 
+def test_only_finished_experiments_are_reported(monkeypatch):
+    """`dvc exp show --json` (DVC 3) lists queued and running experiments beside finished ones, a running
+    one with the workspace's metrics: the report, re-written while the queue runs, must take neither."""
+    def exp(name, state):
+        executor = None if state is None else {"state": state, "name": "dvc-task"}
+        return {"name": name, "executor": executor,
+                "revs": [{"rev": name, "name": name, "data": {"metrics": {}, "params": {}}}]}
+    shown = [{"rev": "workspace", "experiments": None},
+             {"rev": "abc", "experiments": [exp("a", "success"), exp("b", None), exp("c", "running"),
+                                            exp("d", "queued"), exp("e", "failed")]},
+             {"rev": "old", "experiments": [exp("f", "success")]}]  # a baseline with another dvc.lock
+    monkeypatch.setattr(S, "same_pipeline_commits", lambda: ["abc"])
+    monkeypatch.setattr(S, "dvc", lambda *a, **k: subprocess.CompletedProcess(a, 0, json.dumps(shown), ""))
+    assert sorted(S.experiments()) == ["a", "b"]
+    assert sorted(S.experiments(finished=False)) == ["a", "b", "c", "d", "e"]  # none of these is queued again
+
+
 def test_the_variants_the_findings_compare_are_queued_first(tmp_path):
     (tmp_path / "studies.yaml").write_text((ROOT / "studies.yaml").read_text())
     branch = S.load_studies(tmp_path / "studies.yaml")["branch"]
