@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -340,11 +341,10 @@ def run_study(study: Study, runs: list[Run], poll: float = 30.0, alpha: float = 
         ended = [n for n, s in status.items() if s in ("Success", "Failed") and n not in minutes]
         if mark is None and (running or ended):  # ended unseen: it began with the queue
             mark = t0 if ended else time.time()
-        if ended:
-            now = time.time()
-            for n in ended:  # two ends within one poll share its time
-                minutes[n] = (now - mark) / 60 / len(ended)
-            mark = now
+        if ended:  # each run's end from its experiment's commit time: two can end within one poll
+            ends = {n: _finished_at(n, time.time()) for n in ended}
+            for n in sorted(ended, key=ends.get):
+                minutes[n], mark = max(ends[n] - mark, 0.0) / 60, max(ends[n], mark)
             if any(status[n] == "Success" for n in ended):
                 report(study, runs, alpha=alpha, minutes=minutes)
         line = (f"[{len(minutes)}/{len(todo)}] " + (f"{running[0]}: {current_stage(running[0])}" if running else "")
@@ -359,6 +359,12 @@ def run_study(study: Study, runs: list[Run], poll: float = 30.0, alpha: float = 
     for n in failed:
         print(f"study {study.name}: {n} failed; `dvc queue logs {n}` shows why", flush=True)
     return failed
+
+
+def _finished_at(name: str, default: float) -> float:
+    """When experiment `name` ended: its commit's time (`dvc exp show`, to the second), else `default`."""
+    stamp = (experiments(finished=False).get(name) or {}).get("data", {}).get("timestamp")
+    return datetime.fromisoformat(stamp).timestamp() if stamp else default
 
 
 # ---- reporting -----------------------------------------------------------------------------------
