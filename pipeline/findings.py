@@ -29,7 +29,7 @@ def page(reports: Path = REPORTS, studies_file: Path = Path("studies.yaml")) -> 
         table += rows if not table else rows[2:]
         runs, commit = len(kept.get("runs", [])), kept.get("baseline", {}).get("commit")
         notes.append(f"- [{name}]({name}/report.md): {titles.get(name, name)}"
-                     + (f"; {runs} of {kept['planned_runs']} runs, at commit {commit[:7]}" if commit else
+                     + (f"; {runs} of {kept['planned_runs']} runs, reported at commit {commit[:7]}" if commit else
                         " (made before reports recorded their runs and commit; see README \"Results\")"))
     return "\n".join([
         "# The paper's findings, tested", "",
