@@ -12,13 +12,41 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.study import REPORTS, finding_rows, load_studies
+import yaml
 
-PAGE = REPORTS / "README.md"
+from pipeline import verdicts
+
+REPORTS = Path("reports")
+
+
+def finding_rows(judged: list[dict], study: str | None = None) -> list[str]:
+    """The report's table of the paper's claims, one row per judged finding; with `study`, a column
+    naming it (the findings page, pipeline/findings.py)."""
+    first = "| study " if study else ""
+    lines = [first + "| the paper's claim | metric | ours (better vs worse) | difference [95% CI] | test, p "
+             f"| detectable ({verdicts.POWER:.0%} power) | verdict |", "|---" * (7 + bool(study)) + "|"]
+    first = f"| {study} " if study else ""
+    for j in judged:
+        if j["verdict"] == "not run" or j["test"] == "none":
+            lines.append(f"{first}| {j['claim']} | {j['metric']} | {j['ours']} | - | - | - | {j['verdict']} |")
+            continue
+        level = round((1 - j["alpha"]) * 100)
+        lo, hi = j["ci"]
+        ci = f"{j['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]" + ("" if level == 95 else f" ({level}% CI)")
+        lines.append(f"{first}| {j['claim']} | {j['metric']} | {j['ours']} | {ci} | {j['test']}, {_p(j['p'])} "
+                     f"| {j['detectable']:.3f} | {j['verdict']} (α = {j['alpha']:g}) |")
+    return lines
+
+
+def _p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
 
 
 def page(reports: Path = REPORTS, studies_file: Path = Path("studies.yaml")) -> str:
-    titles = {name: s.title for name, s in load_studies(studies_file).items()}
+    titles = {name: (spec or {}).get("title", name) for name, spec in
+              (yaml.safe_load(studies_file.read_text(encoding="utf-8")) or {}).items()}
     table, notes = [], []
     for path in sorted(reports.glob("*/metrics.json")):
         name = path.parent.name

@@ -45,11 +45,11 @@ from typing import Any
 
 import yaml
 
-from pipeline import verdicts
+from pipeline import findings, verdicts
+from pipeline.findings import REPORTS, _p, finding_rows  # noqa: F401 (_p: the report's p-values)
 from vlm.config import ALL_KEYS, PARAMS_FILE, ParamError, parse
 
 STUDIES_FILE = Path("studies.yaml")
-REPORTS = Path("reports")
 SCORES = ("vision_stable", "text_stable", "stable_mean")
 
 
@@ -448,25 +448,6 @@ def _cell(mean: float, sd: float) -> str:
     return f"{mean:.3f}" if math.isnan(sd) else f"{mean:.3f} ± {sd:.3f}"
 
 
-def finding_rows(judged: list[dict], study: str | None = None) -> list[str]:
-    """The report's table of the paper's claims, one row per judged finding; with `study`, a column
-    naming it (the findings page, pipeline/findings.py)."""
-    first = "| study " if study else ""
-    lines = [first + "| the paper's claim | metric | ours (better vs worse) | difference [95% CI] | test, p "
-             f"| detectable ({verdicts.POWER:.0%} power) | verdict |", "|---" * (7 + bool(study)) + "|"]
-    first = f"| {study} " if study else ""
-    for j in judged:
-        if j["verdict"] == "not run" or j["test"] == "none":
-            lines.append(f"{first}| {j['claim']} | {j['metric']} | {j['ours']} | - | - | - | {j['verdict']} |")
-            continue
-        level = round((1 - j["alpha"]) * 100)
-        lo, hi = j["ci"]
-        ci = f"{j['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]" + ("" if level == 95 else f" ({level}% CI)")
-        lines.append(f"{first}| {j['claim']} | {j['metric']} | {j['ours']} | {ci} | {j['test']}, {_p(j['p'])} "
-                     f"| {j['detectable']:.3f} | {j['verdict']} (α = {j['alpha']:g}) |")
-    return lines
-
-
 def _finite(node: Any) -> Any:
     """JSON has no NaN or infinity: null for "no estimate" (one run), ±1e308 for a certain difference."""
     if isinstance(node, dict):
@@ -476,10 +457,6 @@ def _finite(node: Any) -> Any:
     if isinstance(node, float) and not math.isfinite(node):
         return None if math.isnan(node) else math.copysign(1e308, node)
     return node
-
-
-def _p(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
 def report(study: Study, runs: list[Run], failed: list[str] = (), alpha: float = verdicts.ALPHA,
@@ -522,8 +499,6 @@ def report(study: Study, runs: list[Run], failed: list[str] = (), alpha: float =
         lines += ["", "Failed runs (not in the table): " + ", ".join(failed)]
     (folder / "report.md").write_text("\n".join(lines) + "\n")
     figure(study, summary, folder / f"{study.name}.png")
-    from pipeline import findings  # it reads the reports this module writes
-
     findings.write()
     return folder / "report.md"
 
