@@ -33,11 +33,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import platform
 import re
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -229,19 +231,36 @@ def experiments(finished: bool = True) -> dict[str, dict]:
     return out
 
 
+def effective_params(sets: dict, params_file: Path = Path(PARAMS_FILE)) -> dict[str, Any]:
+    """{dotted key: value} of every param a run with these `-S` sets runs with (params.yaml's others)."""
+    raw = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    for k, v in sets.items():
+        set_dotted(raw, k, v)
+    return _leaves(raw)
+
+
 def recorded(study: Study, runs: list[Run]) -> dict[str, dict]:
-    """{run name: row} of the runs that `reports/<study>/metrics.json` records under this pipeline
+    """{run name: row} of the runs that the committed reports record under this pipeline
     (`pipeline_id`) with the same params: a study that ran in parts, in other clones, resumes from
-    its committed report (DVC's experiments live in one clone's git refs and cache)."""
-    path = REPORTS / study.name / "metrics.json"
-    if not path.exists():
-        return {}
-    kept = json.loads(path.read_text(encoding="utf-8"))
-    if kept.get("baseline", {}).get("dvc.lock") != pipeline_id():
-        return {}
-    by_name = {r.name: r for r in runs}
-    return {row["run"]: row for row in kept.get("runs", [])
-            if row.get("run") in by_name and row.get("sets") == by_name[row["run"]].sets}
+    its committed report (DVC's experiments live in one clone's git refs and cache). A run of another
+    study that ran with every param the same (its `-S` sets over params.yaml: the default's seeds are
+    in most studies) is the same experiment: it is taken, named as this study's run, with `from`
+    naming where it ran; this study's own record comes first."""
+    wanted = {json.dumps(effective_params(r.sets), sort_keys=True): r for r in runs}
+    found: dict[str, dict] = {}
+    for path in sorted(REPORTS.glob("*/metrics.json"), key=lambda p: p.parent.name != study.name):
+        kept = json.loads(path.read_text(encoding="utf-8"))
+        if kept.get("baseline", {}).get("dvc.lock") != pipeline_id():
+            continue
+        for row in kept.get("runs", []):
+            r = wanted.get(json.dumps(effective_params(row.get("sets") or {}), sort_keys=True))
+            if r is None or r.name in found:
+                continue
+            here = path.parent.name == study.name and row.get("run") == r.name
+            found[r.name] = row if here else {
+                **row, "run": r.name, "value": r.value, "seed": r.seed, "chain": r.chain, "key": r.key,
+                "sets": r.sets, "from": row.get("from") or f"{path.parent.name}/{row.get('run')}"}
+    return found
 
 
 def queue_status() -> dict[str, str]:
@@ -393,13 +412,28 @@ def collect(study: Study, runs: list[Run], minutes: dict[str, float] | None = No
                "lr_mode": _metric(data, "metrics/cooldown.json", "lr_mode"),
                "text_pretrain": ("Running stage 'text-pretrain'" in log
                                  if "Running stage" in log or "didn't change" in log else None),
-               "minutes": (minutes or {}).get(r.name, kept.get(r.name, {}).get("minutes"))}
+               "minutes": (minutes or {}).get(r.name, kept.get(r.name, {}).get("minutes")), "cpu": this_cpu()}
         for s in SCORES:
             row[s] = _metric(data, "metrics/eval.json", s)
         for task, t in (_metric(data, "metrics/eval.json", "tasks") or {}).items():
             row[f"{task}_accuracy"] = t.get("accuracy")
         rows.append(row)
     return rows
+
+
+def this_cpu() -> str:
+    """The CPU this clone's runs ran on, e.g. "AMD EPYC, family 25 model 1, AVX2": a study that runs in
+    parts may run on several kinds, whose float rounding can differ (README, "Reproducibility")."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        return platform.processor() or platform.machine()
+    field_ = dict(line.split(":", 1) for line in info.split("\n\n")[0].splitlines() if ":" in line)
+    field_ = {k.strip(): v.strip() for k, v in field_.items()}
+    simd = "AVX-512" if "avx512f" in field_.get("flags", "").split() else "AVX2" if "avx2" in field_.get(
+        "flags", "").split() else "no AVX2"
+    return f"{field_.get('model name', platform.machine())}, family {field_.get('cpu family', '?')} " \
+           f"model {field_.get('model', '?')}, {simd}"
 
 
 def mean_sd(xs: list[float]) -> tuple[float, float, int]:
@@ -474,9 +508,16 @@ def report(study: Study, runs: list[Run], failed: list[str] = (), alpha: float =
     logged = [row for row in rows if row["text_pretrain"] is not None]
     ran_text = [row for row in logged if row["text_pretrain"]]
     elsewhere = len(rows) - len(logged)
-    timed = [row["minutes"] for row in rows if row["minutes"] is not None]
+    taken = [row["from"] for row in rows if row.get("from")]
+    timed = [row["minutes"] for row in rows if row["minutes"] is not None and not row.get("from")]
     timing = (f" The {len(timed)} runs took {sum(timed):.1f} min here, {sum(timed) / len(timed):.1f} min per run."
               if timed else "")
+    if taken:
+        timing += (f" {len(taken)} ran with the same params in other studies and are taken from their reports"
+                   f" ({', '.join(taken)}).")
+    if rows:
+        cpus = Counter(row.get("cpu") or "not recorded" for row in rows)
+        timing += " CPUs: " + "; ".join(f"{c} ({n} runs)" for c, n in sorted(cpus.items())) + "."
     metrics = [m for m in (*SCORES, *sorted({k for v in summary.values() for k in v if k.endswith("_accuracy")}))
                if any(m in v for v in summary.values())]
     lines = [f"# Study `{study.name}`: {study.title}", "",

@@ -148,6 +148,7 @@ def test_a_study_resumes_from_the_runs_its_committed_report_records(tmp_path, mo
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run(["git", "init", "-q"], check=True)
     Path("dvc.lock").write_text("schema: '2.0'\n")
+    shutil.copy2(ROOT / "params.yaml", "params.yaml")
     subprocess.run([*git, "add", "-A"], check=True)
     subprocess.run([*git, "commit", "-qm", "baseline"], check=True)
     study = S.Study("s", "s", "cooldown.image_ratio", [0.1, 0.3])
@@ -167,6 +168,45 @@ def test_a_study_resumes_from_the_runs_its_committed_report_records(tmp_path, mo
     Path("dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # the pipeline changed: nothing carries over
     subprocess.run([*git, "commit", "-qam", "pipeline"], check=True)
     assert len(S.same_pipeline_commits()) == 1 and S.recorded(study, runs) == {}
+
+
+def test_a_run_another_study_recorded_with_the_same_params_is_taken_not_run_again(tmp_path, monkeypatch):
+    """`freeze` at its default (true) is `branch` at its default (0.8): the same params, so the same
+    experiment. The runner takes it from the branch report, named as freeze's run, with `from`
+    saying where it ran; a run that differs in any param (another seed, or vision.freeze) is not."""
+    monkeypatch.chdir(tmp_path)
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    base["branch"]["fraction"], base["vision"]["freeze"] = 0.8, True
+    Path("params.yaml").write_text(yaml.safe_dump(base))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], check=True)
+    Path("dvc.lock").write_text("schema: '2.0'\n")
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "baseline"], check=True)
+    branch_rows = [{"run": f"branch-{v}-s{seed}", "value": v, "seed": seed, "chain": 0, "key": f"c0-s{seed}",
+                    "sets": {"branch.fraction": v, "study.seed": seed}, "minutes": 6.0, "lr_mode": "continue", "vision_stable": 0.4 + seed}
+                   for v in (0.6, 0.8) for seed in (0, 1)]
+    Path("reports/branch").mkdir(parents=True)
+    Path("reports/branch/metrics.json").write_text(json.dumps(
+        {"baseline": {"commit": "x", "dvc.lock": S.pipeline_id()}, "runs": branch_rows}))
+    study = S.Study("freeze", "freeze", "vision.freeze", [True, False])
+    runs = [S.Run(f"freeze-{json.dumps(v)}-s{seed}", v, seed, {"vision.freeze": v, "study.seed": seed})
+            for v in (True, False) for seed in (0, 1, 2)]
+    taken = S.recorded(study, runs)
+    assert sorted(taken) == ["freeze-true-s0", "freeze-true-s1"]  # no branch run has seed 2 or freeze false
+    assert taken["freeze-true-s1"] == {**branch_rows[3], "run": "freeze-true-s1", "value": True,
+                                       "sets": {"vision.freeze": True, "study.seed": 1},
+                                       "from": "branch/branch-0.8-s1"}
+    assert [r.name for r in S.to_run(study, runs, set(taken))] == [
+        "freeze-true-s2", "freeze-false-s0", "freeze-false-s1", "freeze-false-s2"]
+    # once freeze's own report records them, its record is the one taken (it keeps `from`)
+    Path("reports/freeze").mkdir()
+    own = {**taken["freeze-true-s0"], "vision_stable": 0.9}
+    Path("reports/freeze/metrics.json").write_text(json.dumps(
+        {"baseline": {"commit": "y", "dvc.lock": S.pipeline_id()}, "runs": [own]}))
+    assert S.recorded(study, runs)["freeze-true-s0"] == own
+    summary = S.summarise(study, list(S.recorded(study, runs).values()))
+    assert summary["true"]["vision_stable"]["runs"] == {"c0-s0": 0.9, "c0-s1": 1.4}
 
 
 def test_only_finished_experiments_are_reported(monkeypatch):
