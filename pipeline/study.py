@@ -248,7 +248,7 @@ def recorded(study: Study, runs: list[Run]) -> dict[str, dict]:
     naming where it ran; this study's own record comes first."""
     wanted = {json.dumps(effective_params(r.sets), sort_keys=True): r for r in runs}
     found: dict[str, dict] = {}
-    for path in sorted(REPORTS.glob("*/metrics.json"), key=lambda p: p.parent.name != study.name):
+    for path in sorted(REPORTS.glob("*/metrics.json"), key=lambda p: (p.parent.name != study.name, p.parent.name)):
         kept = json.loads(path.read_text(encoding="utf-8"))
         if kept.get("baseline", {}).get("dvc.lock") != pipeline_id():
             continue
