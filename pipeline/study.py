@@ -4,6 +4,7 @@
     python -m pipeline.study ratio --plan     print one self-contained command per variant x seed
     python -m pipeline.study ratio --report   the report alone, from `dvc exp show --json`
     python -m pipeline.study ratio --pull origin   `dvc exp pull` what ran elsewhere, then report
+    python -m pipeline.study branch --chain-seeds 3 --values 0.0,0.8   two more whole chains for two variants
 
 Everything is checked before anything is queued: the study name, the YAML, every param key and
 every value (each variant's params go through the same schema check as params.yaml). A variant x
@@ -150,10 +151,18 @@ def set_dotted(raw: dict, dotted: str, value: Any) -> None:
     node[last] = value
 
 
-def runs_of(study: Study, params_file: Path = Path(PARAMS_FILE)) -> list[Run]:
-    """Every variant x seed, each checked against the params schema; StudyError lists the problems."""
+def runs_of(study: Study, params_file: Path = Path(PARAMS_FILE), chain_seeds: int | None = None,
+            values: list | None = None) -> list[Run]:
+    """Every variant x seed, each checked against the params schema; StudyError lists the problems.
+    `chain_seeds` (default `study.chain_seeds`) and `values` (default every one) pick fewer or more."""
     base = yaml.safe_load(params_file.read_text(encoding="utf-8"))
     cfg = parse(base, str(params_file))
+    chains = cfg.study.chain_seeds if chain_seeds is None else chain_seeds
+    if chains < 1:
+        raise StudyError(f"study `{study.name}`: chain seeds must be at least 1, got {chains}")
+    if values is not None and (unknown := [v for v in values if v not in study.values]):
+        raise StudyError(f"study `{study.name}`: {', '.join(map(_yaml_value, unknown))} not among its values "
+                         f"({', '.join(map(_yaml_value, study.values))})")
     leaves = {k for k in ALL_KEYS if "[]" not in k and not any(o.startswith(k + ".") for o in ALL_KEYS)}
     errors = [f"study `{study.name}`: `{k}` is not a params key" for k in [study.param, *study.fixed]
               if k not in leaves]
@@ -162,7 +171,7 @@ def runs_of(study: Study, params_file: Path = Path(PARAMS_FILE)) -> list[Run]:
     if errors:
         raise StudyError("\n".join(errors))
     runs = []
-    for value in study.values:
+    for value in study.values if values is None else [v for v in study.values if v in values]:
         sets = {**study.fixed, study.param: value}
         raw = json.loads(json.dumps(base))
         for k, v in sets.items():
@@ -172,7 +181,7 @@ def runs_of(study: Study, params_file: Path = Path(PARAMS_FILE)) -> list[Run]:
         except ParamError as e:
             errors.append(str(e))
             continue
-        for chain in range(cfg.study.chain_seeds):  # chain 0 is the committed text run: names without -c0
+        for chain in range(chains):  # chain 0 is the committed text run: names without -c0
             tag = f"-c{chain}" if chain else ""
             chain_sets = {"seed": cfg.seed + chain} if chain else {}
             runs += [Run(f"{study.name}-{_slug(value)}{tag}-s{seed}", value, seed,
@@ -231,12 +240,22 @@ def experiments(finished: bool = True) -> dict[str, dict]:
     return out
 
 
+def stage_params(dvc_file: Path = Path("dvc.yaml")) -> set[str]:
+    """The params keys (dotted; a section stands for every key under it) that some stage lists."""
+    stages = yaml.safe_load(dvc_file.read_text(encoding="utf-8"))["stages"]
+    return {k for st in stages.values() for p in st.get("params", [])
+            for k in (p if isinstance(p, dict) else [p]) if isinstance(k, str)}
+
+
 def effective_params(sets: dict, params_file: Path = Path(PARAMS_FILE)) -> dict[str, Any]:
-    """{dotted key: value} of every param a run with these `-S` sets runs with (params.yaml's others)."""
+    """{dotted key: value} of every param a stage reads (`stage_params`) in a run with these `-S` sets
+    (params.yaml's values for the others): two runs alike in these ran the same experiment, whatever
+    the runner's own keys (`study.repeats`, `study.chain_seeds`, `study.alpha`) say."""
     raw = yaml.safe_load(params_file.read_text(encoding="utf-8"))
     for k, v in sets.items():
         set_dotted(raw, k, v)
-    return _leaves(raw)
+    read = stage_params()
+    return {k: v for k, v in _leaves(raw).items() if any(k == r or k.startswith(r + ".") for r in read)}
 
 
 def recorded(study: Study, runs: list[Run]) -> dict[str, dict]:
@@ -551,8 +570,13 @@ TESTS_NOTE = ("Each claim is tested two-sided: paired by seed where both variant
 
 def _seeds(runs: list[Run]) -> str:
     chains, seeds = len({r.chain for r in runs}), len({r.seed for r in runs})
-    return f"{seeds} study seeds" + (f" in each of {chains} chains (whole text runs)" if chains > 1 else
-                                     " sharing one text run")
+    if chains == 1:
+        return f"{seeds} study seeds sharing one text run"
+    chained = [v for v in dict.fromkeys(r.value for r in runs) if len({r.chain for r in runs if r.value == v}) > 1]
+    if len(chained) == len({_yaml_value(r.value) for r in runs}):
+        return f"{seeds} study seeds in each of {chains} chains (whole text runs)"
+    return (f"{seeds} study seeds in each of {chains} chains (whole text runs) for "
+            f"{', '.join(map(_yaml_value, chained))}, in one chain for the others")
 
 
 def spread_lines(summary: dict) -> list[str]:
@@ -623,6 +647,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--plan", action="store_true", help="print one command per variant x seed, run nothing")
     parser.add_argument("--report", action="store_true", help="only the report, from `dvc exp show --json`")
     parser.add_argument("--pull", metavar="REMOTE", help="`dvc exp pull REMOTE` each run first, then report")
+    parser.add_argument("--chain-seeds", type=int, metavar="N",
+                        help="whole chains per variant, for the variants of --values (default study.chain_seeds)")
+    parser.add_argument("--values", metavar="V,V,...",
+                        help="with --chain-seeds: the variants that get the extra chains (default every one); "
+                             "the others keep study.chain_seeds")
     parser.add_argument("--poll", type=float, default=30.0, metavar="SECONDS",
                         help="seconds between looks at the queue for the progress line (default 30)")
     args = parser.parse_args(argv)
@@ -632,6 +661,12 @@ def main(argv: list[str]) -> int:
             raise StudyError(f"{STUDIES_FILE}: no study `{args.name}`; studies: {', '.join(studies)}")
         study = studies[args.name]
         runs = runs_of(study)
+        if args.values and args.chain_seeds is None:
+            raise StudyError("--values picks the variants that --chain-seeds repeats: give --chain-seeds too")
+        if args.chain_seeds is not None:
+            values = None if args.values is None else [yaml.safe_load(v) for v in args.values.split(",")]
+            names = {r.name for r in runs}
+            runs += [r for r in runs_of(study, chain_seeds=args.chain_seeds, values=values) if r.name not in names]
         alpha = parse(yaml.safe_load(Path(PARAMS_FILE).read_text(encoding="utf-8")), PARAMS_FILE).study.alpha
     except (StudyError, ParamError) as e:
         print(e, file=sys.stderr)

@@ -114,6 +114,16 @@ def test_chain_seeds_repeat_whole_chains_beside_the_study_seeds(tmp_path):
     assert [r.key for r in runs][2:4] == ["c1-s0", "c1-s1"] and {r.sets["study.seed"] for r in runs} == {0, 1}
     with pytest.raises(S.StudyError, match="`seed` is set by the runner"):
         S.runs_of(S.Study("r", "r", "seed", [1, 2]), tmp_path / "params.yaml")
+    # sized down: two more chains for the variants the findings compare only (`--chain-seeds 3 --values`)
+    study = S.Study("r", "r", "cooldown.image_ratio", [0.1, 0.2, 0.5])
+    extra = S.runs_of(study, tmp_path / "params.yaml", chain_seeds=2, values=[0.5, 0.1])
+    assert [r.name for r in extra] == ["r-0.1-s0", "r-0.1-s1", "r-0.1-c1-s0", "r-0.1-c1-s1",
+                                       "r-0.5-s0", "r-0.5-s1", "r-0.5-c1-s0", "r-0.5-c1-s1"]
+    mixed = S.runs_of(study, tmp_path / "params.yaml", chain_seeds=1) + [r for r in extra if r.chain]
+    assert S._seeds(mixed) == ("2 study seeds in each of 2 chains (whole text runs) for 0.1, 0.5, "
+                               "in one chain for the others")
+    with pytest.raises(S.StudyError, match=r"0.3 not among its values \(0.1, 0.2, 0.5\)"):
+        S.runs_of(study, tmp_path / "params.yaml", values=[0.3])
 
 
 def test_a_workspace_that_differs_from_the_commit_is_refused_naming_the_keys_and_files(tmp_path):
@@ -149,6 +159,7 @@ def test_a_study_resumes_from_the_runs_its_committed_report_records(tmp_path, mo
     subprocess.run(["git", "init", "-q"], check=True)
     Path("dvc.lock").write_text("schema: '2.0'\n")
     shutil.copy2(ROOT / "params.yaml", "params.yaml")
+    shutil.copy2(ROOT / "dvc.yaml", "dvc.yaml")
     subprocess.run([*git, "add", "-A"], check=True)
     subprocess.run([*git, "commit", "-qm", "baseline"], check=True)
     study = S.Study("s", "s", "cooldown.image_ratio", [0.1, 0.3])
@@ -178,13 +189,15 @@ def test_a_run_another_study_recorded_with_the_same_params_is_taken_not_run_agai
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     base["branch"]["fraction"], base["vision"]["freeze"] = 0.8, True
     Path("params.yaml").write_text(yaml.safe_dump(base))
+    shutil.copy2(ROOT / "dvc.yaml", "dvc.yaml")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run(["git", "init", "-q"], check=True)
     Path("dvc.lock").write_text("schema: '2.0'\n")
     subprocess.run([*git, "add", "-A"], check=True)
     subprocess.run([*git, "commit", "-qm", "baseline"], check=True)
     branch_rows = [{"run": f"branch-{v}-s{seed}", "value": v, "seed": seed, "chain": 0, "key": f"c0-s{seed}",
-                    "sets": {"branch.fraction": v, "study.seed": seed}, "minutes": 6.0, "lr_mode": "continue", "vision_stable": 0.4 + seed}
+                    "sets": {"branch.fraction": v, "study.seed": seed}, "minutes": 6.0, "lr_mode": "continue",
+                    "vision_stable": 0.4 + seed}
                    for v in (0.6, 0.8) for seed in (0, 1)]
     Path("reports/branch").mkdir(parents=True)
     Path("reports/branch/metrics.json").write_text(json.dumps(
@@ -197,6 +210,9 @@ def test_a_run_another_study_recorded_with_the_same_params_is_taken_not_run_agai
     assert taken["freeze-true-s1"] == {**branch_rows[3], "run": "freeze-true-s1", "value": True,
                                        "sets": {"vision.freeze": True, "study.seed": 1},
                                        "from": "branch/branch-0.8-s1"}
+    base["study"].update(repeats=5, chain_seeds=2, alpha=0.01)  # the runner's own keys: the same experiments
+    Path("params.yaml").write_text(yaml.safe_dump(base))
+    assert S.recorded(study, runs) == taken
     assert [r.name for r in S.to_run(study, runs, set(taken))] == [
         "freeze-true-s2", "freeze-false-s0", "freeze-false-s1", "freeze-false-s2"]
     # once freeze's own report records them, its record is the one taken (it keeps `from`)
