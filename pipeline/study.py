@@ -385,8 +385,11 @@ def run_study(study: Study, runs: list[Run], poll: float = 30.0, alpha: float = 
                 minutes[n], mark = max(ends[n] - mark, 0.0) / 60, max(ends[n], mark)
             if any(status[n] == "Success" for n in ended):
                 report(study, runs, alpha=alpha, minutes=minutes)
+        left = len(todo) - len(minutes)
+        eta = (f", about {sum(minutes.values()) / len(minutes) * left:.0f} min left at the mean so far"
+               if minutes and left else "")
         line = (f"[{len(minutes)}/{len(todo)}] " + (f"{running[0]}: {current_stage(running[0])}" if running else "")
-                + f" ({(time.time() - t0) / 60:.1f} min)")
+                + f" ({(time.time() - t0) / 60:.1f} min{eta})")
         if line.split(" (")[0] != last:
             print(line, flush=True)
             last = line.split(" (")[0]
