@@ -371,6 +371,7 @@ def test_the_findings_page_is_the_committed_reports():
     page = (ROOT / "reports/README.md").read_text()
     assert page == findings.page(ROOT / "reports", ROOT / "studies.yaml")
     for path in (ROOT / "reports").glob("*/metrics.json"):
-        for j in json.loads(path.read_text())["findings"]:
+        for j in json.loads(path.read_text())["findings"]:  # a study part-way: its untested claims "not run"
+            end = "| not run |" if j["verdict"] == "not run" else f"| {j['verdict']} (α = {j['alpha']:g}) |"
             assert any(line.startswith(f"| [{path.parent.name}](") and f"| {j['claim']} |" in line
-                       and line.endswith(f"| {j['verdict']} (α = {j['alpha']:g}) |") for line in page.splitlines())
+                       and line.endswith(end) for line in page.splitlines())
