@@ -32,6 +32,7 @@ per-task accuracies; re-warmed cooldowns marked).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import platform
@@ -247,14 +248,13 @@ def stage_params(dvc_file: Path = Path("dvc.yaml")) -> set[str]:
             for k in (p if isinstance(p, dict) else [p]) if isinstance(k, str)}
 
 
-def effective_params(sets: dict, params_file: Path = Path(PARAMS_FILE)) -> dict[str, Any]:
-    """{dotted key: value} of every param a stage reads (`stage_params`) in a run with these `-S` sets
-    (params.yaml's values for the others): two runs alike in these ran the same experiment, whatever
-    the runner's own keys (`study.repeats`, `study.chain_seeds`, `study.alpha`) say."""
-    raw = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+def effective_params(sets: dict, params: dict, read: set[str]) -> dict[str, Any]:
+    """{dotted key: value} of every param a stage reads (`read`, from `stage_params`) in a run with
+    these `-S` sets over `params` (params.yaml as loaded): two runs alike in these ran the same
+    experiment, whatever the runner's own keys (`study.repeats`, `study.chain_seeds`, `study.alpha`) say."""
+    raw = copy.deepcopy(params)
     for k, v in sets.items():
         set_dotted(raw, k, v)
-    read = stage_params()
     return {k: v for k, v in _leaves(raw).items() if any(k == r or k.startswith(r + ".") for r in read)}
 
 
@@ -265,14 +265,19 @@ def recorded(study: Study, runs: list[Run]) -> dict[str, dict]:
     study that ran with every param the same (its `-S` sets over params.yaml: the default's seeds are
     in most studies) is the same experiment: it is taken, named as this study's run, with `from`
     naming where it ran; this study's own record comes first."""
-    wanted = {json.dumps(effective_params(r.sets), sort_keys=True): r for r in runs}
+    params, read = yaml.safe_load(Path(PARAMS_FILE).read_text(encoding="utf-8")), stage_params()
+
+    def key(sets: dict) -> str:
+        return json.dumps(effective_params(sets, params, read), sort_keys=True)
+
+    wanted, lock = {key(r.sets): r for r in runs}, pipeline_id()
     found: dict[str, dict] = {}
     for path in sorted(REPORTS.glob("*/metrics.json"), key=lambda p: (p.parent.name != study.name, p.parent.name)):
         kept = json.loads(path.read_text(encoding="utf-8"))
-        if kept.get("baseline", {}).get("dvc.lock") != pipeline_id():
+        if kept.get("baseline", {}).get("dvc.lock") != lock:
             continue
         for row in kept.get("runs", []):
-            r = wanted.get(json.dumps(effective_params(row.get("sets") or {}), sort_keys=True))
+            r = wanted.get(key(row.get("sets") or {}))
             if r is None or r.name in found:
                 continue
             here = path.parent.name == study.name and row.get("run") == r.name
@@ -282,14 +287,17 @@ def recorded(study: Study, runs: list[Run]) -> dict[str, dict]:
     return found
 
 
-def queue_status() -> dict[str, str]:
-    """{experiment name: Queued / Running / Success / Failed} from `dvc queue status`."""
-    status = {}
+def queue_status() -> tuple[dict[str, str], int | None]:
+    """({experiment name: Queued / Running / Success / Failed}, active workers) from `dvc queue
+    status` (workers None where its last line does not say)."""
+    status, workers = {}, None
     for line in dvc("queue", "status").stdout.splitlines():
         parts = line.split()
         if len(parts) >= 4 and parts[0] != "Task" and re.fullmatch(r"[0-9a-f]{7}", parts[0]):
             status[parts[1]] = parts[-1]
-    return status
+        elif m := re.match(r"Worker status: (\d+) active", line):
+            workers = int(m.group(1))
+    return status, workers
 
 
 def current_stage(name: str) -> str:
@@ -372,9 +380,10 @@ def run_study(study: Study, runs: list[Run], poll: float = 30.0, alpha: float = 
     t0, last = time.time(), ""
     mark = None  # when the run now going began: the first seen running, then each one's end
     minutes: dict[str, float] = {}  # wall minutes of each run that finished while watched
-    names = {r.name for r in todo}
+    names, idle = {r.name for r in todo}, 0
     while True:
-        status = {n: s for n, s in queue_status().items() if n in names}
+        status, workers = queue_status()
+        status = {n: s for n, s in status.items() if n in names}
         running = [n for n, s in status.items() if s == "Running"]
         ended = [n for n, s in status.items() if s in ("Success", "Failed") and n not in minutes]
         if mark is None and (running or ended):  # ended unseen: it began with the queue
@@ -395,6 +404,12 @@ def run_study(study: Study, runs: list[Run], poll: float = 30.0, alpha: float = 
             last = line.split(" (")[0]
         if len(minutes) == len(todo) or (not running and not any(s == "Queued" for s in status.values())):
             break
+        idle = idle + 1 if workers == 0 and not running else 0
+        if idle >= 2:  # two looks in a row: a worker just started or ending is not taken for a stopped queue
+            left = sorted(n for n, s in status.items() if s == "Queued")
+            print(f"study {study.name}: the queue was stopped (`dvc queue stop`) with {len(left)} runs queued "
+                  f"({', '.join(left)}): `dvc queue remove --queued`, then this study again runs them", flush=True)
+            return []
         time.sleep(poll)
     failed = sorted(n for n, s in status.items() if s != "Success")
     for n in failed:

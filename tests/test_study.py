@@ -242,6 +242,37 @@ def test_only_finished_experiments_are_reported(monkeypatch):
     assert sorted(S.experiments(finished=False)) == ["a", "b", "c", "d", "e"]  # none of these is queued again
 
 
+def test_a_stopped_queue_ends_the_wait_and_names_the_runs_left(tmp_path, monkeypatch, capsys):
+    """`dvc queue stop` lets the running experiment finish and leaves the rest queued with no worker:
+    the runner says so and returns, where it used to wait on them forever."""
+    (tmp_path / "studies.yaml").write_text(yaml.safe_dump(TINY_STUDY))
+    study = S.load_studies(tmp_path / "studies.yaml")["tiny-ratio"]
+    runs = S.runs_of(study, ROOT / "params.yaml")[:2]
+    calls = []
+
+    def fake_dvc(*args, check=True):
+        calls.append(args)
+        out = ""
+        if args[:2] == ("queue", "status"):
+            workers = 1 if sum(c[:2] == ("queue", "status") for c in calls) == 1 else 0
+            out = (f"Task     Name  Created    Status\n1234567  {runs[0].name}  09:51 AM   Success\n"
+                   f"89abcde  {runs[1].name}  09:51 AM   Queued\n\nWorker status: {workers} active, 0 idle\n")
+        return subprocess.CompletedProcess(args, 0, out, "")
+
+    monkeypatch.setattr(S, "dvc", fake_dvc)
+    monkeypatch.setattr(S, "experiments", lambda finished=True: {})
+    monkeypatch.setattr(S, "recorded", lambda study, runs: {})
+    monkeypatch.setattr(S, "report", lambda *a, **k: None)
+    monkeypatch.setattr(S, "_finished_at", lambda name, default: default)
+    monkeypatch.setattr(S.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0))
+    assert S.run_study(study, runs, poll=0) == []
+    out = capsys.readouterr().out
+    assert f"the queue was stopped (`dvc queue stop`) with 1 runs queued ({runs[1].name})" in out
+    assert sum(c[:2] == ("queue", "status") for c in calls) == 3  # a worker seen, then none twice
+    assert [c for c in calls if c[:2] == ("exp", "run")] == [("exp", "run", "--queue", "-n", r.name, *r.args())
+                                                              for r in runs]
+
+
 def test_the_variants_the_findings_compare_are_queued_first(tmp_path):
     (tmp_path / "studies.yaml").write_text((ROOT / "studies.yaml").read_text())
     branch = S.load_studies(tmp_path / "studies.yaml")["branch"]
