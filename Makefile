@@ -52,8 +52,13 @@ test: install
 	$(PYTEST) -m "$(FAST_TIER)" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
+# The other tiers run on TEST_WORKERS pytest-xdist workers (whole files each, so a file's module
+# fixtures and order hold): their time goes mostly to starting processes (imports, DVC), one core at
+# a time, so a second worker uses the second core of a 2-core machine. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test-all: test
-	$(PYTEST) --durations=10 -m "$(OTHER_TIERS)" $(PYTEST_ARGS); rc=$$?; \
+	$(PYTEST) --durations=10 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) \
+	  -m "$(OTHER_TIERS)" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # Check params.yaml (or PARAMS=file) in a second, without running anything.

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 from dvcrepo import env_for, make_repo, run
+from shm_segments import prefix, reading_prefixes, segments, streaming_names
 from streaming import MDSWriter, StreamingDataset
 
-from vlm.training.shared_memory import NAME, SHM, stale_segments
+from vlm.training.shared_memory import stale_segments
 
 pytestmark = pytest.mark.slow
 
@@ -55,25 +56,11 @@ def signal_tree(pid: int, sig: int) -> None:
             os.kill(p, sig)
 
 
-def streaming_names() -> set[str]:
-    return {n for n in os.listdir(SHM) if NAME.fullmatch(n)}
-
-
-def live_prefixes(folders: dict[str, Path]) -> dict[str, set[str]]:
-    """{name: shared memory prefixes of the live StreamingDatasets reading under that folder}."""
-    live: dict[str, set[str]] = {name: set() for name in folders}
-    for path in SHM.glob("*_locals"):  # a dataset's `_locals` segment names its local folders
-        with suppress(OSError):
-            data = path.read_bytes()
-            for name, folder in folders.items():
-                if f"{folder}/".encode() in data:
-                    live[name].add(path.name.removesuffix("_locals"))
-    return live
-
-
-def segments(prefixes: set[str]) -> dict[str, int]:
-    """{name: inode} of the Streaming segments with these prefixes."""
-    return {n: (SHM / n).stat().st_ino for n in streaming_names() if n.split("_")[0] in prefixes}
+def ours(before: set[str], seen: set[str], repos: dict[str, Path]) -> set[str]:
+    """The stale Streaming segments made since `before` by the runs in `repos`: of a prefix seen
+    reading under them, or whose `_locals` names them (other runs on the machine are not ours)."""
+    runs = seen | set().union(*reading_prefixes(repos).values())
+    return {n for n in (streaming_names() - before) & set(stale_segments()) if prefix(n) in runs}
 
 
 def results(repo: Path) -> dict:
@@ -100,14 +87,15 @@ def test_two_pipelines_at_once_finish_with_the_results_each_has_alone(tmp_path, 
             writer.write({"x": i})
     before = streaming_names()
     bystander = StreamingDataset(local=str(tmp_path / "bystander"), split="train", batch_size=2)
-    prefixes = live_prefixes({"bystander": tmp_path / "bystander"})["bystander"]
+    prefixes = reading_prefixes({"bystander": tmp_path / "bystander"})["bystander"]
     held = segments(prefixes)
     assert held and set(held) <= streaming_names() - before
 
     procs = {name: start(repo, tmp) for name, repo in repos.items()}
-    together, paused, deadline = False, None, time.monotonic() + 1800
+    together, paused, deadline, seen = False, None, time.monotonic() + 1800, set()
     while any(p.poll() is None for p in procs.values()) and time.monotonic() < deadline:
-        live = live_prefixes(repos)
+        live = reading_prefixes(repos)
+        seen |= set().union(*live.values())
         together = together or all(live.values())
         if not together and paused is None and live["one"] and procs["two"].poll() is None:
             signal_tree(procs["one"].pid, signal.SIGSTOP)  # held live until "two" has datasets too
@@ -127,7 +115,7 @@ def test_two_pipelines_at_once_finish_with_the_results_each_has_alone(tmp_path, 
     assert "composer -n 2 -m pipeline text-pretrain" in out["two"]
     assert "composer -n 1 -m pipeline text-pretrain" in out["one"]
     assert together, "the two runs never had Streaming datasets live at the same time"
-    left = (streaming_names() - before) & set(stale_segments())
+    left = ours(before, seen, repos)
     assert not left, f"Streaming shared memory left behind by the runs: {sorted(left)}"
     assert segments(prefixes) == held, "the runs removed the shared memory of a live dataset"
     assert len(list(bystander)) == 8
@@ -139,4 +127,4 @@ def test_two_pipelines_at_once_finish_with_the_results_each_has_alone(tmp_path, 
         alone = results(repo)
         for key in alone:
             assert at_once[name][key] == alone[key], f"{name}: {key} differs from the run alone"
-    assert not (streaming_names() - before) & set(stale_segments())
+    assert not ours(before, seen, repos)

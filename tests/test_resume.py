@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import yaml
 from dvcrepo import make_repo, ran, run
+from shm_segments import reading_prefixes, segments, streaming_names
 from torch.utils.data import DataLoader
 
 from vlm.config import load
@@ -28,17 +29,13 @@ from vlm.model.lm import LM, LMConfig
 from vlm.training import resume as R
 from vlm.training.composer_model import ComposerLM
 from vlm.training.schedules import warmup_cosine_scheduler
-from vlm.training.shared_memory import NAME, SHM, stale_segments
+from vlm.training.shared_memory import stale_segments
 from vlm.training.trainer import make_trainer
 
 
 def cached_dirs(repo: Path) -> set[str]:
     """The md5 of every directory manifest in the DVC cache."""
     return {p.parent.name + p.name.removesuffix(".dir") for p in (repo / ".dvc/cache").rglob("*.dir")}
-
-
-def streaming_segments() -> set[str]:
-    return {n for n in os.listdir(SHM) if NAME.fullmatch(n)}
 
 
 # A Streaming reader SIGKILLed together with its Python resource tracker, as a scheduler kills a job.
@@ -74,7 +71,6 @@ def test_killed_stages_resume_to_the_same_lock_file(tmp_path, tiny_baseline):
     assert cached_dirs(repo) == locked_dirs(repo)  # only the completed prepare and tokenize outputs
 
     # 2. text-pretrain killed after step 7: the last resume checkpoint is step 6
-    segments = streaming_segments()
     proc = run(repo, "dvc", "repro", check=False, env={"VLM_CRASH_AT": "text-pretrain:step7"})
     assert proc.returncode != 0 and ran(proc)[-1] == "text-pretrain"
     assert not (repo / "data/.shards.tmp").exists()  # the next run cleared the stale temporary folder
@@ -84,17 +80,19 @@ def test_killed_stages_resume_to_the_same_lock_file(tmp_path, tiny_baseline):
     assert not (repo / "data/pretrain").exists()
 
     # a reader of the same shards killed with its resource tracker leaves its Streaming shared memory
+    # (the reader alone reads this folder now; other runs on the machine have segments of their own)
+    before = streaming_names()
     reader = subprocess.run([sys.executable, "-c", KILLED_READER, str(repo / "data/shards/text")],
                             start_new_session=True, capture_output=True, text=True)
     assert reader.returncode == -signal.SIGKILL, reader.stderr
-    stale = streaming_segments() - segments
+    stale = set(segments(reading_prefixes({"reader": repo / "data/shards"})["reader"])) - before
     assert stale and stale <= set(stale_segments()), stale
 
     # 3. text-pretrain resumes, removing only that stale shared memory; mixed-cooldown is killed after
     # step 4 (checkpoint at 3)
     proc = run(repo, "dvc", "repro", check=False, env={"VLM_CRASH_AT": "mixed-cooldown:step4"})
     assert "text-pretrain: resumed from the checkpoint at step 6" in proc.stdout
-    assert not stale & streaming_segments(), "the resumed run left stale shared memory behind"
+    assert not stale & streaming_names(), "the resumed run left stale shared memory behind"
     assert proc.returncode != 0 and ran(proc)[-1] == "mixed-cooldown"
     assert not (repo / "checkpoints/text-pretrain").exists()  # removed once its outputs were written
 
