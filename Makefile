@@ -45,20 +45,23 @@ repro: install
 # tier is everything else. pytest exits 5 when it collected no test: a failure, not a pass.
 # `make test-all` is `make test` first, then the other tiers (printing their ten slowest tests).
 FAST_TIER := not slow and not bench and not container
-OTHER_TIERS := slow or bench or container
 PYTEST = PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
 
 test: install
 	$(PYTEST) -m "$(FAST_TIER)" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-# The other tiers run on TEST_WORKERS pytest-xdist workers (whole files each, so a file's module
-# fixtures and order hold): their time goes mostly to starting processes (imports, DVC), one core at
-# a time, so a second worker uses the second core of a 2-core machine. TEST_WORKERS=0: one process.
+# The slow and bench tiers run on TEST_WORKERS pytest-xdist workers (whole files each, so a file's
+# module fixtures and order hold): their time goes mostly to starting processes (imports, DVC), one
+# core at a time, so a second worker uses the second core of a 2-core machine. TEST_WORKERS=0: one
+# process. The container tier runs after them, alone: its image build needs about 15 GB of disk at
+# its peak, and beside the other tiers' repositories it once filled the disk.
 TEST_WORKERS ?= 2
 test-all: test
 	$(PYTEST) --durations=10 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) \
-	  -m "$(OTHER_TIERS)" $(PYTEST_ARGS); rc=$$?; \
+	  -m "(slow or bench) and not container" $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; [ $$rc -eq 0 ] || exit $$rc; \
+	$(PYTEST) --durations=10 -m container $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # Check params.yaml (or PARAMS=file) in a second, without running anything.
