@@ -55,14 +55,14 @@ test: install
 # module fixtures and order hold): their time goes mostly to starting processes (imports, DVC), one
 # core at a time, so a second worker uses the second core of a 2-core machine. TEST_WORKERS=0: one
 # process. The container tier runs after them, alone: its image build needs about 15 GB of disk at
-# its peak, and beside the other tiers' repositories it once filled the disk.
+# its peak, and beside the other tiers' repositories it once filled the disk. Both parts always run.
 TEST_WORKERS ?= 2
 test-all: test
 	$(PYTEST) --durations=10 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) \
-	  -m "(slow or bench) and not container" $(PYTEST_ARGS); rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; [ $$rc -eq 0 ] || exit $$rc; \
+	  -m "(slow or bench) and not container" $(PYTEST_ARGS); first=$$?; \
 	$(PYTEST) --durations=10 -m container $(PYTEST_ARGS); rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+	if [ $$first -eq 5 ] || [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; \
+	[ $$first -eq 0 ] || exit $$first; exit $$rc
 
 # Check params.yaml (or PARAMS=file) in a second, without running anything.
 check-params: install
