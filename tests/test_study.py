@@ -387,13 +387,16 @@ def test_a_two_variant_two_seed_study_end_to_end(tmp_path, tiny):
 
 
 def test_readme_results_are_the_committed_reports():
-    """README's study tables are those of the committed reports (reports/<study>/report.md), verbatim."""
-    readme = (ROOT / "README.md").read_text()
+    """README's study tables are those of the committed reports (reports/<study>/report.md), verbatim:
+    each table whole, its header, separator and rows in one block, in the report's order."""
+    readme = "\n" + (ROOT / "README.md").read_text() + "\n"
     reports = sorted((ROOT / "reports").glob("*/report.md"))
     assert reports, "no committed study report"
     for report in reports:
-        rows = [line for line in report.read_text().splitlines() if line.startswith("|")]
-        assert rows and all(row in readme for row in rows), report
+        tables = re.findall(r"(?:^\|.*\n?)+", report.read_text(), flags=re.M)
+        assert tables, report
+        for block in tables:
+            assert "\n" + block.rstrip("\n") + "\n" in readme, f"{report}: table not whole in README.md:\n{block}"
         assert f"reports/{report.parent.name}/{report.parent.name}.png" in readme
 
 
