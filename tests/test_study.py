@@ -401,10 +401,11 @@ def test_readme_results_are_the_committed_reports():
 
 
 def test_the_findings_page_is_the_committed_reports():
-    """reports/README.md lists every finding the committed reports test, each with its study's verdict."""
+    """reports/README.md lists every committed study, and every finding they test with its verdict."""
     page = (ROOT / "reports/README.md").read_text()
     assert page == findings.page(ROOT / "reports", ROOT / "studies.yaml")
-    for path in (ROOT / "reports").glob("*/metrics.json"):
+    for path in (ROOT / "reports").glob("*/metrics.json"):  # every study, with or without findings
+        assert f"\n- [{path.parent.name}]({path.parent.name}/report.md): " in page, path
         for j in json.loads(path.read_text())["findings"]:  # a study part-way: its untested claims "not run"
             end = "| not run |" if j["verdict"] == "not run" else f"| {j['verdict']} (α = {j['alpha']:g}) |"
             assert any(line.startswith(f"| [{path.parent.name}](") and f"| {j['claim']} |" in line
