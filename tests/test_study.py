@@ -388,7 +388,7 @@ def test_a_two_variant_two_seed_study_end_to_end(tmp_path, tiny):
 
 def test_readme_results_are_the_committed_reports():
     """README's study tables are those of the committed reports (reports/<study>/report.md), verbatim:
-    each table whole, its header, separator and rows in one block, in the report's order."""
+    each table whole: its header, separator and rows in one block, as in the report."""
     readme = "\n" + (ROOT / "README.md").read_text() + "\n"
     reports = sorted((ROOT / "reports").glob("*/report.md"))
     assert reports, "no committed study report"
