@@ -55,6 +55,8 @@ from vlm.config import ALL_KEYS, PARAMS_FILE, ParamError, parse
 
 STUDIES_FILE = Path("studies.yaml")
 SCORES = ("vision_stable", "text_stable", "stable_mean")
+WORKER_LOGS = Path(".dvc/tmp/exps/celery")  # where DVC's queue keeps its Celery worker's log (`*.out`)
+WORKER_RESTARTS = 3  # a study re-starts a worker that died of an error at most this often
 
 
 class StudyError(ValueError):
@@ -362,7 +364,8 @@ def to_run(study: Study, runs: list[Run], done: set[str]) -> list[Run]:
 def run_study(study: Study, runs: list[Run], poll: float = 30.0, alpha: float = verdicts.ALPHA) -> list[str]:
     """Queue the runs not yet done (`experiments`, `recorded`), run the queue, show progress every
     `poll` seconds and re-write the report after each finished run (so a study stopped at any point
-    keeps what it did); returns the failed runs.
+    keeps what it did); returns the failed runs. A worker that died of an error (its log says which)
+    is started again; one stopped by `dvc queue stop` ends the wait, naming the runs left queued.
 
     Each look at the queue starts two `dvc` processes (about a second of CPU each), so a short
     `poll` would take a good part of a small machine away from the training it watches."""
@@ -372,11 +375,7 @@ def run_study(study: Study, runs: list[Run], poll: float = 30.0, alpha: float = 
         dvc("exp", "run", "--queue", "-n", r.name, *r.args())
     if not todo:
         return []
-    # The worker it starts lives on and would hold a pipe open: its output goes to a file instead.
-    with tempfile.TemporaryFile() as log:
-        if subprocess.run(["dvc", "queue", "start", "-j", "1"], stdout=log, stderr=log).returncode:
-            log.seek(0)
-            raise RuntimeError(f"dvc queue start failed:\n{log.read().decode(errors='replace')}")
+    logs, restarts = start_queue(), 0
     t0, last = time.time(), ""
     mark = None  # when the run now going began: the first seen running, then each one's end
     minutes: dict[str, float] = {}  # wall minutes of each run that finished while watched
@@ -407,6 +406,13 @@ def run_study(study: Study, runs: list[Run], poll: float = 30.0, alpha: float = 
         idle = idle + 1 if workers == 0 and not running else 0
         if idle >= 2:  # two looks in a row: a worker just started or ending is not taken for a stopped queue
             left = sorted(n for n, s in status.items() if s == "Queued")
+            if (crash := worker_crash(logs)) and restarts < WORKER_RESTARTS:
+                restarts += 1
+                print(f"study {study.name}: the DVC queue worker died ({crash}) with {len(left)} runs queued: "
+                      f"started again ({restarts} of at most {WORKER_RESTARTS}; Celery's file broker can hand "
+                      "the worker an empty message, treeverse/dvc-task#73)", flush=True)
+                logs, idle = start_queue(), 0
+                continue
             print(f"study {study.name}: the queue was stopped (`dvc queue stop`) with {len(left)} runs queued "
                   f"({', '.join(left)}): `dvc queue remove --queued`, then this study again runs them", flush=True)
             return []
@@ -415,6 +421,32 @@ def run_study(study: Study, runs: list[Run], poll: float = 30.0, alpha: float = 
     for n in failed:
         print(f"study {study.name}: {n} failed; `dvc queue logs {n}` shows why", flush=True)
     return failed
+
+
+def start_queue() -> dict[Path, int]:
+    """`dvc queue start -j 1`; returns the size of each worker log before it, for `worker_crash`."""
+    logs = {path: path.stat().st_size for path in WORKER_LOGS.glob("*.out")}
+    # The worker it starts lives on and would hold a pipe open: its output goes to a file instead.
+    with tempfile.TemporaryFile() as log:
+        if subprocess.run(["dvc", "queue", "start", "-j", "1"], stdout=log, stderr=log).returncode:
+            log.seek(0)
+            raise RuntimeError(f"dvc queue start failed:\n{log.read().decode(errors='replace')}")
+    return logs
+
+
+def worker_crash(since: dict[Path, int]) -> str | None:
+    """The error that ended the queue's worker, from what its log gained after `since` (start_queue);
+    None where it ended as asked (`dvc queue stop`: "Got shutdown from remote") or said nothing."""
+    crash = None
+    for path in sorted(WORKER_LOGS.glob("*.out")):
+        with path.open("rb") as f:
+            f.seek(since.get(path, 0))
+            for line in f.read().decode(errors="replace").splitlines():
+                if "Got shutdown from remote" in line:
+                    crash = None
+                elif m := re.search(r"Unrecoverable error: (.+)", line):
+                    crash = m.group(1).strip()
+    return crash
 
 
 def _finished_at(name: str, default: float) -> float:
@@ -449,7 +481,9 @@ def collect(study: Study, runs: list[Run], minutes: dict[str, float] | None = No
                "lr_mode": _metric(data, "metrics/cooldown.json", "lr_mode"),
                "text_pretrain": ("Running stage 'text-pretrain'" in log
                                  if "Running stage" in log or "didn't change" in log else None),
-               "minutes": (minutes or {}).get(r.name, kept.get(r.name, {}).get("minutes")), "cpu": this_cpu()}
+               "minutes": (minutes or {}).get(r.name, kept.get(r.name, {}).get("minutes")),
+               # the CPU it was first recorded on: a workspace can outlive its machine
+               "cpu": kept.get(r.name, {}).get("cpu") or this_cpu()}
         for s in SCORES:
             row[s] = _metric(data, "metrics/eval.json", s)
         for task, t in (_metric(data, "metrics/eval.json", "tasks") or {}).items():
@@ -509,9 +543,15 @@ def judge(finding: Finding, summary: dict, alpha: float = verdicts.ALPHA) -> dic
            "worse": _yaml_value(finding.worse), "alpha": alpha}
     if not b or not w or finding.metric not in b or finding.metric not in w:
         return {**out, "verdict": "not run", "ours": "-"}
-    sb, sw = b[finding.metric], w[finding.metric]
-    c = verdicts.compare(sb["runs"], sw["runs"], alpha)
-    ours = f"{_cell(sb['mean'], sb['sd'])} vs {_cell(sw['mean'], sw['sd'])} (n = {sb['n']}, {sw['n']})"
+    rb, rw = b[finding.metric]["runs"], w[finding.metric]["runs"]
+    c = verdicts.compare(rb, rw, alpha)
+    shared = verdicts.shared_seeds(rb, rw)
+    note = ""
+    if shared and len(shared) < max(len(rb), len(rw)):  # the runs compared are those both ran
+        note = f", the seeds both ran, of {len(rb)} and {len(rw)}"
+        rb, rw = {k: rb[k] for k in shared}, {k: rw[k] for k in shared}
+    (mb, vb), (mw, vw) = verdicts.mean_var(list(rb.values())), verdicts.mean_var(list(rw.values()))
+    ours = f"{_cell(mb, math.sqrt(vb))} vs {_cell(mw, math.sqrt(vw))} (n = {len(rb)}, {len(rw)}{note})"
     return {**out, **c.to_json(), "verdict": verdicts.verdict(c, alpha), "ours": ours}
 
 
@@ -581,9 +621,10 @@ def report(study: Study, runs: list[Run], failed: list[str] = (), alpha: float =
     return folder / "report.md"
 
 
-TESTS_NOTE = ("Each claim is tested two-sided: paired by seed where both variants ran the same seeds, "
-              "else Welch's t. *Detectable*: the smallest difference the same test finds with 80 % "
-              "power at that level, from the observed spread (pipeline/verdicts.py).")
+TESTS_NOTE = ("Each claim is tested two-sided: paired by seed over the seeds both variants ran (where one "
+              "ran more chains, its other runs are left out of that test), else Welch's t. *Detectable*: "
+              "the smallest difference the same test finds with 80 % power at that level, from the "
+              "observed spread (pipeline/verdicts.py).")
 
 
 def _seeds(runs: list[Run]) -> str:

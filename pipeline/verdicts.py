@@ -3,8 +3,9 @@
 A study runs every variant with the same seeds (pipeline/study.py): runs of two variants with the
 same chain seed and study seed share the text run, the projector's initialisation and the data
 order. Their scores are then compared paired by seed (a one-sample t-test of the per-seed
-differences), which removes what the seed does to both. Where the seeds do not match, Welch's
-t-test, which does not assume equal variances. Both tests are two-sided at a stated level `alpha`:
+differences), which removes what the seed does to both; where one variant ran more chains than the
+other, over the seeds both ran. Where no seeds match, Welch's t-test, which does not assume equal
+variances. Both tests are two-sided at a stated level `alpha`:
 a difference is *reproduced* or *opposite* only when p < alpha, whatever its size.
 
 Power: the smallest difference the same test would find with probability `power` (80 %) at that
@@ -84,16 +85,24 @@ def paired(diffs: list[float], alpha: float = ALPHA) -> Comparison:
     return _t_test("paired t", (n, n), m, math.sqrt(var / n), n - 1.0, math.sqrt(var), alpha)
 
 
+def shared_seeds(better: Mapping[str, float], worse: Mapping[str, float]) -> list[str]:
+    """The seeds both sides ran, where they are two or more: the runs a comparison pairs. A variant
+    that ran more chains than the other is compared on the chains both ran, like with like (its
+    other text runs would otherwise enter one side's mean and spread only)."""
+    shared = sorted(set(better) & set(worse))
+    return shared if len(shared) >= 2 else []
+
+
 def compare(better: Mapping[str, float], worse: Mapping[str, float], alpha: float = ALPHA) -> Comparison:
-    """`better` and `worse`: {run seed (e.g. "c0-s1"): score}. Paired when both sides ran the same
-    seeds (two or more), else Welch; "none" when a side has fewer than two runs."""
+    """`better` and `worse`: {run seed (e.g. "c0-s1"): score}. Paired over the seeds both sides ran
+    (`shared_seeds`), else Welch; "none" when a side has fewer than two runs."""
     a, b = list(better.values()), list(worse.values())
     if len(a) < 2 or len(b) < 2:
         nan = math.nan
         diff = (sum(a) / len(a) - sum(b) / len(b)) if a and b else nan
         return Comparison("none", (len(a), len(b)), diff, nan, nan, nan, nan, (nan, nan), nan, nan)
-    if set(better) == set(worse):
-        return paired([better[k] - worse[k] for k in sorted(better)], alpha)
+    if shared := shared_seeds(better, worse):
+        return paired([better[k] - worse[k] for k in shared], alpha)
     (ma, va), (mb, vb) = mean_var(a), mean_var(b)
     return welch(ma, math.sqrt(va), len(a), mb, math.sqrt(vb), len(b), alpha)
 

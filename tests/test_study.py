@@ -181,6 +181,21 @@ def test_a_study_resumes_from_the_runs_its_committed_report_records(tmp_path, mo
     assert len(S.same_pipeline_commits()) == 1 and S.recorded(study, runs) == {}
 
 
+def test_a_run_keeps_the_cpu_it_was_first_recorded_on(monkeypatch):
+    """A workspace, its experiments included, can outlive the machine it ran on: a run the report
+    already records keeps that record's CPU when the report is written again on another machine."""
+    study = S.Study("s", "s", "cooldown.image_ratio", [0.1, 0.3])
+    runs = [S.Run(f"s-{v}-s0", v, 0, {"cooldown.image_ratio": v, "study.seed": 0}) for v in (0.1, 0.3)]
+    data = {"data": {"metrics": {"metrics/eval.json": {"data": {"vision_stable": 0.4}}}}}
+    monkeypatch.setattr(S, "experiments", lambda finished=True: {r.name: data for r in runs})
+    monkeypatch.setattr(S, "recorded", lambda study, runs: {runs[0].name: {"cpu": "the machine it ran on"}})
+    monkeypatch.setattr(S, "dvc", lambda *a, **k: subprocess.CompletedProcess(a, 0, "", ""))
+    monkeypatch.setattr(S, "this_cpu", lambda: "this machine")
+    rows = S.collect(study, runs)
+    assert [row["cpu"] for row in rows] == ["the machine it ran on", "this machine"]
+    assert [row["vision_stable"] for row in rows] == [0.4, 0.4]
+
+
 def test_a_run_another_study_recorded_with_the_same_params_is_taken_not_run_again(tmp_path, monkeypatch):
     """`freeze` at its default (true) is `branch` at its default (0.8): the same params, so the same
     experiment. The runner takes it from the branch report, named as freeze's run, with `from`
@@ -271,6 +286,53 @@ def test_a_stopped_queue_ends_the_wait_and_names_the_runs_left(tmp_path, monkeyp
     assert sum(c[:2] == ("queue", "status") for c in calls) == 3  # a worker seen, then none twice
     assert [c for c in calls if c[:2] == ("exp", "run")] == [("exp", "run", "--queue", "-n", r.name, *r.args())
                                                               for r in runs]
+
+
+def test_a_worker_that_died_of_an_error_is_started_again(tmp_path, monkeypatch, capsys):
+    """Celery's file broker can hand DVC's queue worker an empty message while `dvc queue status` asks
+    it what it runs (treeverse/dvc-task#73): the worker logs "Unrecoverable error" and exits with runs
+    still queued. Unlike `dvc queue stop`, that is no reason to end the study: the runner starts the
+    worker again and waits for the rest."""
+    (tmp_path / "studies.yaml").write_text(yaml.safe_dump(TINY_STUDY))
+    study = S.load_studies(tmp_path / "studies.yaml")["tiny-ratio"]
+    runs = S.runs_of(study, ROOT / "params.yaml")[:2]
+    log = tmp_path / "celery" / "dvc-exp-worker-1.out"
+    log.parent.mkdir()
+    log.write_text("[...] CRITICAL/MainProcess] Unrecoverable error: JSONDecodeError('an earlier worker')\n")
+    starts, looks = [], []
+
+    def fake_start(*args, **kwargs):
+        starts.append(args)
+        return subprocess.CompletedProcess(args, 0)
+
+    def fake_dvc(*args, check=True):
+        if args[:2] != ("queue", "status"):
+            return subprocess.CompletedProcess(args, 0, "", "")
+        looks.append(len(starts))
+        if len(starts) == 1 and looks.count(1) == 1:  # the first worker dies after the first run
+            with log.open("a") as f:
+                f.write("[...] CRITICAL/MainProcess] Unrecoverable error: JSONDecodeError('Expecting value')\n")
+        second = {1: "Queued", 2: "Running" if looks.count(2) == 1 else "Success"}[len(starts)]
+        workers = int(looks.count(1) == 1 or second == "Running")
+        out = (f"Task     Name  Created    Status\n1234567  {runs[0].name}  09:51 AM   Success\n"
+               f"89abcde  {runs[1].name}  09:51 AM   {second}\n\nWorker status: {workers} active, 0 idle\n")
+        return subprocess.CompletedProcess(args, 0, out, "")
+
+    monkeypatch.setattr(S, "WORKER_LOGS", log.parent)
+    monkeypatch.setattr(S, "dvc", fake_dvc)
+    monkeypatch.setattr(S, "experiments", lambda finished=True: {})
+    monkeypatch.setattr(S, "recorded", lambda study, runs: {})
+    monkeypatch.setattr(S, "report", lambda *a, **k: None)
+    monkeypatch.setattr(S, "_finished_at", lambda name, default: default)
+    monkeypatch.setattr(S.subprocess, "run", fake_start)
+    assert S.run_study(study, runs, poll=0) == []
+    out = capsys.readouterr().out
+    assert len(starts) == 2  # the worker started once more, not for the earlier worker's error
+    assert "the DVC queue worker died (JSONDecodeError('Expecting value')) with 1 runs queued" in out
+    assert "the queue was stopped" not in out
+    # a worker stopped as asked after an error is not started again
+    log.write_text("Unrecoverable error: JSONDecodeError('x')\n[...] Got shutdown from remote\n")
+    assert S.worker_crash({}) is None
 
 
 def test_the_variants_the_findings_compare_are_queued_first(tmp_path):

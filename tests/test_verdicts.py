@@ -69,6 +69,21 @@ def test_runs_with_the_same_seeds_are_paired():
     assert V.compare(shuffled, worse).p == pytest.approx(c.p)
 
 
+def test_a_variant_with_more_chains_is_compared_on_the_seeds_both_ran():
+    """`better` ran chains 0 and 1, `worse` chain 0 only: the test pairs the three chain-0 seeds
+    (differences 0.1, 0.15, 0.05: mean 0.1, sd 0.05, t = 2 sqrt(3) on 2 degrees of freedom,
+    p = 1 - sqrt(12 / 14) = 0.0742); chain 1's low scores, which `worse` has no text run to match,
+    do not enter it. Welch over all runs would compare chain 0 and 1 against chain 0 alone."""
+    better = {**seeds([0.5, 0.6, 0.7]), **seeds([0.1, 0.2, 0.3], chain=1)}
+    worse = seeds([0.4, 0.45, 0.65])
+    assert V.shared_seeds(better, worse) == ["c0-s0", "c0-s1", "c0-s2"]
+    c = V.compare(better, worse)
+    assert c.test == "paired t" and c.n == (3, 3) and c.df == 2
+    assert c.diff == pytest.approx(0.1) and c.t == pytest.approx(2 * math.sqrt(3))
+    assert c.p == pytest.approx(1 - math.sqrt(12 / 14)) and c.p == pytest.approx(0.074180, abs=1e-6)
+    assert V.compare(better, seeds([0.4, 0.45, 0.65], chain=2)).test == "Welch t"  # no seed in common
+
+
 def test_runs_that_do_not_vary_and_runs_without_a_second_seed():
     same = V.compare(seeds([0.5, 0.5]), seeds([0.5, 0.5]))
     assert same.p == 1.0 and V.verdict(same) == "not distinguishable"
