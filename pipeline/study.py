@@ -544,12 +544,11 @@ def judge(finding: Finding, summary: dict, alpha: float = verdicts.ALPHA) -> dic
     if not b or not w or finding.metric not in b or finding.metric not in w:
         return {**out, "verdict": "not run", "ours": "-"}
     rb, rw = b[finding.metric]["runs"], w[finding.metric]["runs"]
-    c = verdicts.compare(rb, rw, alpha)
-    shared = verdicts.shared_seeds(rb, rw)
-    note = ""
+    shared, note = verdicts.shared_seeds(rb, rw), ""
     if shared and len(shared) < max(len(rb), len(rw)):  # the runs compared are those both ran
         note = f", the seeds both ran, of {len(rb)} and {len(rw)}"
         rb, rw = {k: rb[k] for k in shared}, {k: rw[k] for k in shared}
+    c = verdicts.compare(rb, rw, alpha)
     (mb, vb), (mw, vw) = verdicts.mean_var(list(rb.values())), verdicts.mean_var(list(rw.values()))
     ours = f"{_cell(mb, math.sqrt(vb))} vs {_cell(mw, math.sqrt(vw))} (n = {len(rb)}, {len(rw)}{note})"
     return {**out, **c.to_json(), "verdict": verdicts.verdict(c, alpha), "ours": ours}
