@@ -257,6 +257,14 @@ def test_only_finished_experiments_are_reported(monkeypatch):
     assert sorted(S.experiments(finished=False)) == ["a", "b", "c", "d", "e"]  # none of these is queued again
 
 
+def _nothing_done_or_reported(monkeypatch) -> None:
+    """For tests of the runner's wait on the queue: no run done before, no report written."""
+    monkeypatch.setattr(S, "experiments", lambda finished=True: {})
+    monkeypatch.setattr(S, "recorded", lambda study, runs: {})
+    monkeypatch.setattr(S, "report", lambda *a, **k: None)
+    monkeypatch.setattr(S, "_finished_at", lambda name, default: default)
+
+
 def test_a_stopped_queue_ends_the_wait_and_names_the_runs_left(tmp_path, monkeypatch, capsys):
     """`dvc queue stop` lets the running experiment finish and leaves the rest queued with no worker:
     the runner says so and returns, where it used to wait on them forever."""
@@ -275,10 +283,7 @@ def test_a_stopped_queue_ends_the_wait_and_names_the_runs_left(tmp_path, monkeyp
         return subprocess.CompletedProcess(args, 0, out, "")
 
     monkeypatch.setattr(S, "dvc", fake_dvc)
-    monkeypatch.setattr(S, "experiments", lambda finished=True: {})
-    monkeypatch.setattr(S, "recorded", lambda study, runs: {})
-    monkeypatch.setattr(S, "report", lambda *a, **k: None)
-    monkeypatch.setattr(S, "_finished_at", lambda name, default: default)
+    _nothing_done_or_reported(monkeypatch)
     monkeypatch.setattr(S.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0))
     assert S.run_study(study, runs, poll=0) == []
     out = capsys.readouterr().out
@@ -320,10 +325,7 @@ def test_a_worker_that_died_of_an_error_is_started_again(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(S, "WORKER_LOGS", log.parent)
     monkeypatch.setattr(S, "dvc", fake_dvc)
-    monkeypatch.setattr(S, "experiments", lambda finished=True: {})
-    monkeypatch.setattr(S, "recorded", lambda study, runs: {})
-    monkeypatch.setattr(S, "report", lambda *a, **k: None)
-    monkeypatch.setattr(S, "_finished_at", lambda name, default: default)
+    _nothing_done_or_reported(monkeypatch)
     monkeypatch.setattr(S.subprocess, "run", fake_start)
     assert S.run_study(study, runs, poll=0) == []
     out = capsys.readouterr().out
