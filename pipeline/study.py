@@ -551,7 +551,10 @@ def judge(finding: Finding, summary: dict, alpha: float = verdicts.ALPHA) -> dic
     c = verdicts.compare(rb, rw, alpha)
     (mb, vb), (mw, vw) = verdicts.mean_var(list(rb.values())), verdicts.mean_var(list(rw.values()))
     ours = f"{_cell(mb, math.sqrt(vb))} vs {_cell(mw, math.sqrt(vw))} (n = {len(rb)}, {len(rw)}{note})"
-    return {**out, **c.to_json(), "verdict": verdicts.verdict(c, alpha), "ours": ours}
+    out = {**out, **c.to_json(), "verdict": verdicts.verdict(c, alpha), "ours": ours}
+    if chains := verdicts.by_chain(rb, rw, alpha):  # a check beside the verdict, not the verdict
+        out["by_chain"] = {**chains.to_json(), "verdict": verdicts.verdict(chains, alpha)}
+    return out
 
 
 def _cell(mean: float, sd: float) -> str:
@@ -611,7 +614,7 @@ def report(study: Study, runs: list[Run], failed: list[str] = (), alpha: float =
         lines.append(f"| {value}{mark} | {stats[metrics[0]]['n']} | " + " | ".join(cells) + " |")
     lines += spread_lines(summary)
     if judged:
-        lines += ["", *finding_rows(judged), "", TESTS_NOTE]
+        lines += ["", *finding_rows(judged), "", TESTS_NOTE, *chain_lines(judged)]
     if failed:
         lines += ["", "Failed runs (not in the table): " + ", ".join(failed)]
     (folder / "report.md").write_text("\n".join(lines) + "\n")
@@ -624,6 +627,21 @@ TESTS_NOTE = ("Each claim is tested two-sided: paired by seed over the seeds bot
               "ran more chains, its other runs are left out of that test), else Welch's t. *Detectable*: "
               "the smallest difference the same test finds with 80 % power at that level, from the "
               "observed spread (pipeline/verdicts.py).")
+
+
+def chain_lines(judged: list[dict]) -> list[str]:
+    """The findings tested again over whole chains (`verdicts.by_chain`), where both sides ran two or more."""
+    checked = [j for j in judged if j.get("by_chain")]
+    if not checked:
+        return []
+    lines = ["", "Over whole chains (each chain's mean difference, paired across the chains both variants ran: "
+             "runs of one chain share a text run, which the test above treats as independent):"]
+    for j in checked:
+        c = j["by_chain"]
+        lines.append(f"- {j['claim']} ({j['metric']}): {c['diff']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] "
+                     f"({round((1 - j['alpha']) * 100)}% CI) over {c['n'][0]} chains, paired t, {_p(c['p'])}: "
+                     f"{c['verdict']} (α = {j['alpha']:g})")
+    return lines
 
 
 def _seeds(runs: list[Run]) -> str:

@@ -107,6 +107,19 @@ def compare(better: Mapping[str, float], worse: Mapping[str, float], alpha: floa
     return welch(ma, math.sqrt(va), len(a), mb, math.sqrt(vb), len(b), alpha)
 
 
+def by_chain(better: Mapping[str, float], worse: Mapping[str, float], alpha: float = ALPHA) -> Comparison | None:
+    """The paired test over whole chains: each chain's mean difference over the study seeds both
+    sides ran in it, tested across the chains (df = chains - 1). Runs of one chain share a text run,
+    so `compare`'s pairs are not independent when chains differ; this check does not assume they
+    are. None where the two sides share fewer than two chains."""
+    per_chain: dict[str, list[float]] = {}
+    for key in shared_seeds(better, worse):
+        per_chain.setdefault(key.split("-")[0], []).append(better[key] - worse[key])
+    if len(per_chain) < 2:
+        return None
+    return paired([sum(d) / len(d) for d in per_chain.values()], alpha)
+
+
 def verdict(c: Comparison, alpha: float = ALPHA) -> str:
     """reproduced (better is better, p < alpha), opposite (worse is better, p < alpha), or not."""
     if c.test == "none":

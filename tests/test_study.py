@@ -86,6 +86,24 @@ def test_findings_are_judged_by_a_stated_test_on_every_runs_value():
     assert S.judge(study.findings[0], {"1": one["1"]})["verdict"] == "not run"
 
 
+def test_findings_are_tested_again_over_whole_chains_where_both_variants_ran_several():
+    """Two chains, differences 0.1, 0.1 in chain 0 and 0.3, 0.3 in chain 1: the report adds the
+    chain-level test (chain means 0.1, 0.3: t = 2 on 1 df, a Cauchy: p = 1 - 2 atan(2) / pi = 0.295)
+    beside the run-level one."""
+    study = S.Study("s", "s", "cooldown.image_ratio", [1, 2], findings=[S.Finding("1 beats 2", "vision_stable", 1, 2)])
+    rows = [{"value": v, "seed": s, "chain": c, "key": f"c{c}-s{s}", "lr_mode": "continue",
+             "vision_stable": 0.5 + (d if v == 1 else 0.0) + 0.01 * s}
+            for v in (1, 2) for c, d in ((0, 0.1), (1, 0.3)) for s in (0, 1)]
+    judged = S.judge(study.findings[0], S.summarise(study, rows))
+    assert judged["test"] == "paired t" and judged["n"] == (4, 4)
+    chains = judged["by_chain"]
+    assert chains["n"] == (2, 2) and chains["p"] == pytest.approx(1 - 2 * math.atan(2) / math.pi)
+    assert S.chain_lines([judged])[-1] == ("- 1 beats 2 (vision_stable): +0.200 [-1.071, +1.471] (95% CI) over 2 "
+                                           "chains, paired t, p = 0.295: not distinguishable (α = 0.05)")
+    one = S.judge(study.findings[0], S.summarise(study, rows_of({1: [0.7, 0.8], 2: [0.5, 0.6]})))
+    assert "by_chain" not in one and S.chain_lines([one]) == []
+
+
 def test_the_report_splits_the_spread_into_study_seeds_and_chain_seeds():
     """Per variant: chain 0 scores 0.1, 0.3 and chain 1 0.5, 0.7 (verdicts.spread: within sd sqrt 0.02,
     chains sqrt 0.07); the table averages the variances over the variants."""

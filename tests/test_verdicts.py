@@ -84,6 +84,21 @@ def test_a_variant_with_more_chains_is_compared_on_the_seeds_both_ran():
     assert V.compare(better, seeds([0.4, 0.45, 0.65], chain=2)).test == "Welch t"  # no seed in common
 
 
+def test_over_whole_chains_the_pairs_of_one_text_run_count_once():
+    """Differences 1, 3 | 2, 2 | 5, 3 in chains 0, 1, 2: paired over the 6 runs t = 4.78 on 5 df
+    (p = 0.005); over the chain means 2, 2, 4 (mean 8/3, sd 2/sqrt 3 / sqrt 3 = 2/3 as SE) t = 4 on
+    2 df, p = 1 - 4 / sqrt(18) = 0.0572: the run-level test says reproduced, the chain-level not."""
+    better = {**seeds([1, 3]), **seeds([2, 2], chain=1), **seeds([5, 3], chain=2)}
+    worse = {k: 0.0 for k in better}
+    runs, chains = V.compare(better, worse), V.by_chain(better, worse)
+    assert runs.df == 5 and runs.p == pytest.approx(0.005, abs=5e-4) and V.verdict(runs) == "reproduced"
+    assert chains.n == (3, 3) and chains.df == 2 and chains.diff == pytest.approx(8 / 3)
+    assert chains.t == pytest.approx(4) and chains.p == pytest.approx(1 - 4 / math.sqrt(18))
+    assert V.verdict(chains) == "not distinguishable"
+    assert V.by_chain(seeds([1, 3]), seeds([0, 0])) is None  # one chain: nothing to test across
+    assert V.by_chain(better, seeds([0, 0])) is None  # the chains both ran: chain 0 only
+
+
 def test_runs_that_do_not_vary_and_runs_without_a_second_seed():
     same = V.compare(seeds([0.5, 0.5]), seeds([0.5, 0.5]))
     assert same.p == 1.0 and V.verdict(same) == "not distinguishable"
