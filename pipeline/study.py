@@ -361,14 +361,16 @@ def to_run(study: Study, runs: list[Run], done: set[str]) -> list[Run]:
     return sorted((r for r in runs if r.name not in done), key=lambda r: _yaml_value(r.value) not in judged)
 
 
-def run_study(study: Study, runs: list[Run], poll: float = 30.0, alpha: float = verdicts.ALPHA) -> list[str]:
+def run_study(study: Study, runs: list[Run], poll: float = 60.0, alpha: float = verdicts.ALPHA) -> list[str]:
     """Queue the runs not yet done (`experiments`, `recorded`), run the queue, show progress every
     `poll` seconds and re-write the report after each finished run (so a study stopped at any point
     keeps what it did); returns the failed runs. A worker that died of an error (its log says which)
     is started again; one stopped by `dvc queue stop` ends the wait, naming the runs left queued.
 
     Each look at the queue starts two `dvc` processes (about a second of CPU each), so a short
-    `poll` would take a good part of a small machine away from the training it watches."""
+    `poll` would take a good part of a small machine away from the training it watches; and the
+    status query is what can race with the worker (treeverse/dvc-task#73): a run takes minutes, a
+    look a minute is enough."""
     todo = to_run(study, runs, experiments(finished=False).keys() | recorded(study, runs).keys())
     print(f"study {study.name}: {len(runs)} runs ({len(runs) - len(todo)} already done), one at a time", flush=True)
     for r in todo:
@@ -728,8 +730,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--values", metavar="V,V,...",
                         help="with --chain-seeds: the variants that get the extra chains (default every one); "
                              "the others keep study.chain_seeds")
-    parser.add_argument("--poll", type=float, default=30.0, metavar="SECONDS",
-                        help="seconds between looks at the queue for the progress line (default 30)")
+    parser.add_argument("--poll", type=float, default=60.0, metavar="SECONDS",
+                        help="seconds between looks at the queue for the progress line (default 60)")
     args = parser.parse_args(argv)
     try:
         studies = load_studies()
