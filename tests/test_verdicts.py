@@ -86,7 +86,7 @@ def test_a_variant_with_more_chains_is_compared_on_the_seeds_both_ran():
 
 def test_over_whole_chains_the_pairs_of_one_text_run_count_once():
     """Differences 1, 3 | 2, 2 | 5, 3 in chains 0, 1, 2: paired over the 6 runs t = 4.78 on 5 df
-    (p = 0.005); over the chain means 2, 2, 4 (mean 8/3, sd 2/sqrt 3 / sqrt 3 = 2/3 as SE) t = 4 on
+    (p = 0.005); over the chain means 2, 2, 4 (mean 8/3, sd 2 / sqrt 3, SE 2/3) t = 4 on
     2 df, p = 1 - 4 / sqrt(18) = 0.0572: the run-level test says reproduced, the chain-level not."""
     better = {**seeds([1, 3]), **seeds([2, 2], chain=1), **seeds([5, 3], chain=2)}
     worse = {k: 0.0 for k in better}
