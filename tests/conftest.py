@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from dvcrepo import make_repo, run
+from shm_segments import remove_unused_filelocks
 
 from vlm.config import FilesConfig, PrepareConfig
 from vlm.data.world import write_world
@@ -17,6 +18,12 @@ NO_FILES = FilesConfig(text=[], captions=[], instruct=[], vqa=[], pope=[], text_
 SMALL_WORLD = PrepareConfig(source="synthetic", max_bad_fraction=0.01, files=NO_FILES,
                             n_text_docs=60, n_creatures=6, n_instruct_creatures=2, n_images=40, n_instruct=60,
                             text_instruct_share=0.25, n_eval=48, image_size=48)
+
+
+@pytest.fixture(autouse=True)
+def _unused_streaming_filelocks_removed():
+    """Before each test, Streaming's unused file locks go (`remove_unused_filelocks`: a millisecond)."""
+    remove_unused_filelocks()
 
 
 def small_world_params(**prepare) -> PrepareConfig:

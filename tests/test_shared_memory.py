@@ -15,6 +15,7 @@ from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 
 import pytest
+from shm_segments import remove_unused_filelocks
 from streaming.base.constant import SHM_TO_CLEAN
 
 from vlm.training import shared_memory
@@ -117,3 +118,22 @@ def test_nothing_is_done_without_dev_shm_or_proc(names, monkeypatch, tmp_path):
     monkeypatch.setattr(shared_memory, "SHM", tmp_path / "no-shm")
     monkeypatch.setattr(shared_memory, "PROC", Path("/proc"))
     assert remove_stale_segments() == [] and path.exists()
+
+
+def test_file_locks_go_only_where_their_prefix_has_no_segment(names, tmp_path):
+    used, unused = PREFIX, str(int(PREFIX) + 1)
+    make(names, f"{used}_{SHM_TO_CLEAN[0]}")
+    locks = [f"{p}_{kind}_filelock" for p in (used, unused) for kind in ("barrier", "cache")]
+    others = [f"{unused}_barrier_filelock.old", f"{unused}_other_filelock", f"x{unused}_cache_filelock"]
+    for name in locks + others:
+        (tmp_path / name).touch()
+    assert remove_unused_filelocks(tmp_path) == [f"{unused}_barrier_filelock", f"{unused}_cache_filelock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(locks[:2] + others)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_another_users_file_locks_are_never_touched(tmp_path):
+    lock = tmp_path / f"{PREFIX}_cache_filelock"
+    lock.touch()
+    os.chown(lock, 65534, 65534)
+    assert remove_unused_filelocks(tmp_path) == [] and lock.exists()
