@@ -342,13 +342,21 @@ def changed_inputs(params_file: str = PARAMS_FILE) -> list[str]:
 
 def baseline_problem() -> str | None:
     """Experiments start from the last commit and reuse its stages' outputs: the workspace's inputs must
-    be that commit's (`changed_inputs`), and it must be reproduced (`dvc status` clean), or every
+    be that commit's (`changed_inputs`), its dvc.lock too (`recorded` takes the committed reports' runs
+    as done under the committed lock), and it must be reproduced (`dvc status` clean), or every
     experiment would train its own text run."""
     if changed := changed_inputs():
         return ("the workspace differs from the last commit, and every queued run would carry the change:\n  "
                 + "\n  ".join(changed) + "\ncommit it, or restore it (`git checkout -- FILE`), then start the "
                 "study again; run single variants with `dvc exp run --queue -S ...` or `--temp`, which leave "
                 "params.yaml as it is")
+    if _git("status", "--porcelain", "--", "dvc.lock").strip():
+        return ("dvc.lock differs from the committed one, and the committed reports record their runs under "
+                "the committed lock: commit it first (every study then runs anew on it). If `dvc repro` changed "
+                "it while nothing else changed, this machine does not reproduce the committed results (a CPU "
+                "of another vendor rounds differently: README, \"Reproducibility across machines\"), and its "
+                "runs would not be the committed reports' runs: run the study on a machine that reproduces "
+                "them, or commit this lock")
     if json.loads(dvc("status", "--json").stdout or "{}"):
         return "the workspace is not reproduced: run `dvc repro` and commit dvc.lock first"
     return None

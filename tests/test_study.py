@@ -168,10 +168,9 @@ def test_a_workspace_that_differs_from_the_commit_is_refused_naming_the_keys_and
     assert proc.stdout.strip() == "[]"
 
 
-def test_a_study_resumes_from_the_runs_its_committed_report_records(tmp_path, monkeypatch):
-    """DVC's experiments live in one clone; the report's metrics.json records each finished run with
-    its params under the pipeline it ran (dvc.lock's git hash). A clone at a commit with the same
-    dvc.lock takes those runs as done; another dvc.lock, or other params for a run's name, does not."""
+def committed_baseline(tmp_path, monkeypatch) -> list[str]:
+    """A git repository in tmp_path (the working directory now) whose one commit holds this project's
+    params.yaml and dvc.yaml and a stub dvc.lock; returns the git command to commit with."""
     monkeypatch.chdir(tmp_path)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run(["git", "init", "-q"], check=True)
@@ -180,6 +179,14 @@ def test_a_study_resumes_from_the_runs_its_committed_report_records(tmp_path, mo
     shutil.copy2(ROOT / "dvc.yaml", "dvc.yaml")
     subprocess.run([*git, "add", "-A"], check=True)
     subprocess.run([*git, "commit", "-qm", "baseline"], check=True)
+    return git
+
+
+def test_a_study_resumes_from_the_runs_its_committed_report_records(tmp_path, monkeypatch):
+    """DVC's experiments live in one clone; the report's metrics.json records each finished run with
+    its params under the pipeline it ran (dvc.lock's git hash). A clone at a commit with the same
+    dvc.lock takes those runs as done; another dvc.lock, or other params for a run's name, does not."""
+    git = committed_baseline(tmp_path, monkeypatch)
     study = S.Study("s", "s", "cooldown.image_ratio", [0.1, 0.3])
     runs = [S.Run(f"s-{v}-s0", v, 0, {"cooldown.image_ratio": v, "study.seed": 0}) for v in (0.1, 0.3)]
     rows = [{"run": r.name, "value": r.value, "seed": 0, "chain": 0, "key": "c0-s0", "sets": r.sets,
@@ -492,3 +499,15 @@ def test_the_findings_page_is_the_committed_reports():
             end = "| not run |" if j["verdict"] == "not run" else f"| {j['verdict']} (α = {j['alpha']:g}) |"
             assert any(line.startswith(f"| [{path.parent.name}](") and f"| {j['claim']} |" in line
                        and line.endswith(end) for line in page.splitlines())
+
+
+def test_a_dvc_lock_that_differs_from_the_commit_is_refused(tmp_path, monkeypatch):
+    """`dvc repro` on a CPU of another vendor rewrites dvc.lock with nothing else changed (README,
+    "Reproducibility across machines"): its runs must not count beside the runs the committed reports
+    record under the committed lock, so the study refuses before any DVC process starts."""
+    committed_baseline(tmp_path, monkeypatch)
+    Path("dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    assert S.changed_inputs() == []  # dvc.lock is no input: it is what the inputs made
+    problem = S.baseline_problem()
+    assert problem and problem.startswith("dvc.lock differs from the committed one") and "another vendor" in problem
+    assert not Path(".dvc").exists()
