@@ -15,7 +15,7 @@ from pipeline.paths import BRANCH, PRETRAIN
 from vlm.config import Config
 from vlm.io import atomic_dir, read_json, write_json
 from vlm.model import store
-from vlm.training.moments import FILE as MOMENTS
+from vlm.training.moments import FILE as MOMENTS_FILE
 from vlm.training.schedules import warmup_cosine
 
 
@@ -39,12 +39,12 @@ def run(cfg: Config) -> None:
                             schedule["final_lr_ratio"]),
         "main_schedule": {k: schedule[k] for k in ("steps", "lr", "warmup_steps", "final_lr_ratio")},
     }
-    moments = PRETRAIN / f"ba{step}" / MOMENTS
+    moments = PRETRAIN / f"ba{step}" / MOMENTS_FILE
     info["optimizer_state"] = bool(step) and moments.is_file()
     with atomic_dir(BRANCH) as tmp:
         store.save(lm, tmp)
         if info["optimizer_state"]:
-            shutil.copy2(moments, tmp / MOMENTS)
+            shutil.copy2(moments, tmp / MOMENTS_FILE)
         write_json(tmp / "branch.json", info)
     print(f"branch-at-fraction: {fraction:.0%} -> step {step}, {info['tokens_seen']:,} tokens, "
           f"main-schedule LR {info['lr']:.3g}", flush=True)

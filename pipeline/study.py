@@ -222,6 +222,35 @@ def pipeline_id() -> str:
     return _git("rev-parse", "HEAD:dvc.lock").strip()
 
 
+# Earlier dvc.lock versions whose recorded runs count as this pipeline's: each was replaced only by a
+# change to code that cannot change a result (a retry, a rename), declared with why, and in each every
+# stage's command, params and outputs are HEAD's (`same_results`; tests/test_study.py checks every one).
+SAME_RESULTS_FILE = REPORTS / "same_results.yaml"
+
+
+def pipeline_ids() -> set[str]:
+    """`pipeline_id` and the earlier locks declared in SAME_RESULTS_FILE."""
+    declared = yaml.safe_load(SAME_RESULTS_FILE.read_text(encoding="utf-8")) if SAME_RESULTS_FILE.exists() else []
+    return {pipeline_id(), *(entry["lock"] for entry in declared or [])}
+
+
+def same_results(old: dict, new: dict) -> list[str]:
+    """What differs between two parsed dvc.lock files beyond the hashes of code and input deps: each
+    stage's command, params, outputs, and the deps that are other stages' outputs. [] = the same
+    results, whatever code changed."""
+    outputs = {o["path"] for st in new["stages"].values() for o in st.get("outs", [])}
+    problems = [f"stage {s}: only in one lock" for s in old["stages"].keys() ^ new["stages"].keys()]
+    for name in sorted(old["stages"].keys() & new["stages"].keys()):
+        a, b = old["stages"][name], new["stages"][name]
+        for key in ("cmd", "params", "outs"):
+            if a.get(key) != b.get(key):
+                problems.append(f"stage {name}: its {key} differ")
+        data = [[d for d in st.get("deps", []) if d["path"] in outputs] for st in (a, b)]
+        if data[0] != data[1] or {d["path"] for d in a.get("deps", [])} != {d["path"] for d in b.get("deps", [])}:
+            problems.append(f"stage {name}: its deps differ beyond code")
+    return problems
+
+
 def experiments(finished: bool = True) -> dict[str, dict]:
     """{experiment name: its `dvc exp show --json` revision data} of the baseline commits
     (`same_pipeline_commits`): those that finished well, or with `finished=False` every one that
@@ -261,22 +290,23 @@ def effective_params(sets: dict, params: dict, read: set[str]) -> dict[str, Any]
 
 
 def recorded(study: Study, runs: list[Run]) -> dict[str, dict]:
-    """{run name: row} of the runs that the committed reports record under this pipeline
-    (`pipeline_id`) with the same params: a study that ran in parts, in other clones, resumes from
-    its committed report (DVC's experiments live in one clone's git refs and cache). A run of another
-    study that ran with every param the same (its `-S` sets over params.yaml: the default's seeds are
-    in most studies) is the same experiment: it is taken, named as this study's run, with `from`
-    naming where it ran; this study's own record comes first."""
+    """{run name: row} of the runs that the committed reports record under this pipeline (`pipeline_ids`:
+    its dvc.lock, or an earlier one declared to give the same results) with the same params: a study
+    that ran in parts, in other clones, resumes from its committed report (DVC's experiments live in
+    one clone's git refs and cache). A run of another study that ran with every param the same (its
+    `-S` sets over params.yaml: the default's seeds are in most studies) is the same experiment: it is
+    taken, named as this study's run, with `from` naming where it ran; this study's own record comes
+    first."""
     params, read = yaml.safe_load(Path(PARAMS_FILE).read_text(encoding="utf-8")), stage_params()
 
     def key(sets: dict) -> str:
         return json.dumps(effective_params(sets, params, read), sort_keys=True)
 
-    wanted, lock = {key(r.sets): r for r in runs}, pipeline_id()
+    wanted, locks = {key(r.sets): r for r in runs}, pipeline_ids()
     found: dict[str, dict] = {}
     for path in sorted(REPORTS.glob("*/metrics.json"), key=lambda p: (p.parent.name != study.name, p.parent.name)):
         kept = json.loads(path.read_text(encoding="utf-8"))
-        if kept.get("baseline", {}).get("dvc.lock") != lock:
+        if kept.get("baseline", {}).get("dvc.lock") not in locks:
             continue
         for row in kept.get("runs", []):
             r = wanted.get(key(row.get("sets") or {}))

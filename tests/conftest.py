@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 from dvcrepo import make_repo, run
-from shm_segments import remove_unused_filelocks
 
 from vlm.config import FilesConfig, PrepareConfig
 from vlm.data.world import write_world
+from vlm.training.shared_memory import remove_unused_filelocks
 
 SEED = 7
 NO_FILES = FilesConfig(text=[], captions=[], instruct=[], vqa=[], pope=[], text_mc=[])

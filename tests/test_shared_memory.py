@@ -15,11 +15,10 @@ from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 
 import pytest
-from shm_segments import remove_unused_filelocks
 from streaming.base.constant import SHM_TO_CLEAN
 
-from vlm.training import shared_memory
-from vlm.training.shared_memory import SHM, remove_stale_segments, stale_segments
+from vlm.training import data, shared_memory
+from vlm.training.shared_memory import SHM, remove_stale_segments, remove_unused_filelocks, stale_segments
 
 pytestmark = pytest.mark.skipif(not (SHM.is_dir() and Path("/proc").is_dir()), reason="needs /dev/shm and /proc")
 
@@ -137,3 +136,36 @@ def test_another_users_file_locks_are_never_touched(tmp_path):
     lock.touch()
     os.chown(lock, 65534, 65534)
     assert remove_unused_filelocks(tmp_path) == [] and lock.exists()
+
+
+class _TakenPrefix:
+    """StreamingDataset as it fails when another process registered its prefix first, `fails` times."""
+
+    def __init__(self, fails: int):
+        self.fails, self.calls = fails, 0
+
+    def __call__(self, **kwargs):
+        self.calls += 1
+        if self.calls <= self.fails:
+            raise FileExistsError(17, "File exists", "/000990_locals")
+        return kwargs
+
+
+def test_a_taken_prefix_is_tried_again_in_a_run_of_one_process(monkeypatch, capsys):
+    taken = _TakenPrefix(fails=data.PREFIX_TRIES - 1)
+    monkeypatch.setattr(data, "StreamingDataset", taken)
+    assert data._streaming_dataset(local="x") == {"local": "x"} and taken.calls == data.PREFIX_TRIES
+    assert capsys.readouterr().out.count("trying again") == data.PREFIX_TRIES - 1
+    monkeypatch.setattr(data, "StreamingDataset", _TakenPrefix(fails=data.PREFIX_TRIES))
+    with pytest.raises(FileExistsError):
+        data._streaming_dataset(local="x")
+
+
+def test_a_taken_prefix_is_not_tried_again_with_several_processes(monkeypatch):
+    """Each rank passes dist barriers inside the construction: one rank's second try would desync them."""
+    taken = _TakenPrefix(fails=1)
+    monkeypatch.setattr(data, "StreamingDataset", taken)
+    monkeypatch.setattr(data.dist, "get_world_size", lambda: 2)
+    with pytest.raises(FileExistsError):
+        data._streaming_dataset(local="x")
+    assert taken.calls == 1

@@ -201,9 +201,41 @@ def test_a_study_resumes_from_the_runs_its_committed_report_records(tmp_path, mo
     assert len(S.same_pipeline_commits()) == 2 and S.recorded(study, runs) == {"s-0.1-s0": rows[0]}
     other = [S.Run("s-0.1-s0", 0.1, 0, {"cooldown.image_ratio": 0.1, "study.seed": 0, "branch.fraction": 0.6})]
     assert S.recorded(study, other) == {}  # the same name with other params: another run
+    old_lock = S.pipeline_id()
     Path("dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # the pipeline changed: nothing carries over
     subprocess.run([*git, "commit", "-qam", "pipeline"], check=True)
     assert len(S.same_pipeline_commits()) == 1 and S.recorded(study, runs) == {}
+    # unless the earlier lock is declared to give the same results (a code change that cannot change one)
+    S.SAME_RESULTS_FILE.write_text(yaml.safe_dump([{"lock": old_lock, "why": "a retry"}]))
+    assert S.recorded(study, runs) == {"s-0.1-s0": rows[0]}
+
+
+def _lock(code_md5: str, out_md5: str = "o1", cmd: str = "python -m pipeline b") -> dict:
+    """A parsed dvc.lock of two stages: `a` writes data/a, `b` reads it with code b.py."""
+    return {"stages": {
+        "a": {"cmd": "python -m pipeline a", "deps": [{"path": "a.py", "md5": "x"}],
+              "outs": [{"path": "data/a", "md5": out_md5}]},
+        "b": {"cmd": cmd, "deps": [{"path": "data/a", "md5": out_md5}, {"path": "b.py", "md5": code_md5}],
+              "params": {"params.yaml": {"b.steps": 3}}, "outs": [{"path": "data/b", "md5": "o2"}]}}}
+
+
+def test_locks_give_the_same_results_when_only_code_hashes_differ():
+    assert S.same_results(_lock("c1"), _lock("c2")) == []
+    assert S.same_results(_lock("c1"), _lock("c1", out_md5="o9")) == [
+        "stage a: its outs differ", "stage b: its deps differ beyond code"]
+    assert S.same_results(_lock("c1"), _lock("c1", cmd="python -m pipeline c")) == ["stage b: its cmd differ"]
+
+
+def test_every_lock_declared_to_give_the_same_results_does():
+    """reports/same_results.yaml carries committed runs over a change of dvc.lock: each lock it names
+    must exist in this repository's history, say why, and differ from HEAD's only in code hashes."""
+    declared = yaml.safe_load((ROOT / S.SAME_RESULTS_FILE).read_text()) if (ROOT / S.SAME_RESULTS_FILE).exists() else []
+    head = yaml.safe_load((ROOT / "dvc.lock").read_text())
+    for entry in declared:
+        assert entry.get("why"), entry
+        old = subprocess.run(["git", "cat-file", "-p", entry["lock"]], cwd=ROOT, capture_output=True, text=True)
+        assert old.returncode == 0, f"{entry['lock']}: not in this repository's history ({old.stderr.strip()})"
+        assert S.same_results(yaml.safe_load(old.stdout), head) == [], entry["lock"]
 
 
 def test_a_run_keeps_the_cpu_it_was_first_recorded_on(monkeypatch):

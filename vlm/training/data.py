@@ -14,7 +14,7 @@ from composer.utils import dist
 from streaming import Stream, StreamingDataLoader, StreamingDataset
 
 from vlm.data.batches import Collator, decode_image, real_tokens
-from vlm.training.shared_memory import remove_stale_segments
+from vlm.training.shared_memory import remove_stale_segments, remove_unused_filelocks
 
 # Where a training stage reads one source's shards: its local folder (data/shards/<source>), or
 # (local cache folder, remote URL) to stream them from object storage.
@@ -23,12 +23,37 @@ Source = Path | tuple[Path, str | None]
 
 @functools.cache
 def _remove_stale_shared_memory_once() -> None:
-    """Streaming's leftovers of killed runs, removed once per process before its first dataset.
+    """Streaming's leftovers of killed runs, and the file locks of ended ones, removed once per process
+    before its first dataset.
 
     Safe beside other runs, the other ranks of this one and this process's own datasets: only segments
-    that no live process maps or has open go (vlm/training/shared_memory.py), unlike Streaming's own
-    clean-up, which unlinks them all. Once is enough: it scans /proc."""
+    that no live process maps or has open go, and only locks of prefixes without a segment
+    (vlm/training/shared_memory.py), unlike Streaming's own clean-up, which unlinks every segment.
+    Once is enough: it scans /proc."""
     remove_stale_segments()
+    remove_unused_filelocks()
+
+
+# Tries at registering a dataset's shared-memory prefix when this run is one process (`_streaming_dataset`).
+PREFIX_TRIES = 3
+
+
+def _streaming_dataset(**kwargs) -> StreamingDataset:
+    """A StreamingDataset, its construction tried again when another process registered the same
+    shared-memory prefix in the moment between Streaming's scan for a free one and its own register
+    ("File exists: '/000990_locals'"; shared_memory.remove_unused_filelocks keeps that moment short).
+    The failed try made nothing, and the next scan finds the prefix taken. Only a run of one process
+    tries again: its ranks pass dist barriers inside the construction, which a rank's second try
+    would put out of step."""
+    for _ in range(PREFIX_TRIES - 1):
+        try:
+            return StreamingDataset(**kwargs)
+        except FileExistsError as e:
+            if dist.get_world_size() > 1:
+                raise
+            print(f"Streaming's shared-memory prefix was taken by another process ({e}); trying again",
+                  flush=True)
+    return StreamingDataset(**kwargs)
 
 
 def _location(src: Source) -> dict[str, str | None]:
@@ -59,7 +84,7 @@ def _predownload(sources: list[Source]) -> int | None:
 def dataset(src: Source, split: str, batch_size: int, seed: int, shuffle: bool = True) -> StreamingDataset:
     """One source's split; `batch_size` is this process's share of the global batch."""
     _remove_stale_shared_memory_once()
-    return StreamingDataset(
+    return _streaming_dataset(
         **_location(src), split=split, batch_size=batch_size, shuffle=shuffle, shuffle_seed=seed,
         predownload=_predownload([src]), num_canonical_nodes=CANONICAL_NODES,
     )
@@ -78,7 +103,7 @@ def mixed_dataset(parts: dict[Source, int], split: str, batch_size: int, seed: i
         for src, count in parts.items()
         if count > 0
     ]
-    return StreamingDataset(
+    return _streaming_dataset(
         streams=streams,
         batch_size=batch_size,
         batching_method="stratified",
