@@ -229,19 +229,28 @@ SAME_RESULTS_FILE = REPORTS / "same_results.yaml"
 
 
 def pipeline_ids() -> set[str]:
-    """`pipeline_id` and the earlier locks declared in SAME_RESULTS_FILE."""
+    """`pipeline_id` and the earlier locks declared in SAME_RESULTS_FILE that are in this repository's
+    history and give HEAD's results (`same_results`): a declaration copied into another repository
+    (the tests' tiny ones) or outdated by a later change of results counts for nothing."""
     declared = yaml.safe_load(SAME_RESULTS_FILE.read_text(encoding="utf-8")) if SAME_RESULTS_FILE.exists() else []
-    return {pipeline_id(), *(entry["lock"] for entry in declared or [])}
+    ids, head = {pipeline_id()}, None
+    for entry in declared or []:
+        old = subprocess.run(["git", "cat-file", "-p", entry["lock"]], capture_output=True, text=True)
+        head = head or yaml.safe_load(_git("show", "HEAD:dvc.lock"))
+        if old.returncode == 0 and not same_results(yaml.safe_load(old.stdout), head):
+            ids.add(entry["lock"])
+    return ids
 
 
 def same_results(old: dict, new: dict) -> list[str]:
     """What differs between two parsed dvc.lock files beyond the hashes of code and input deps: each
     stage's command, params, outputs, and the deps that are other stages' outputs. [] = the same
     results, whatever code changed."""
-    outputs = {o["path"] for st in new["stages"].values() for o in st.get("outs", [])}
-    problems = [f"stage {s}: only in one lock" for s in old["stages"].keys() ^ new["stages"].keys()]
-    for name in sorted(old["stages"].keys() & new["stages"].keys()):
-        a, b = old["stages"][name], new["stages"][name]
+    old, new = old.get("stages") or {}, new.get("stages") or {}
+    outputs = {o["path"] for st in new.values() for o in st.get("outs", [])}
+    problems = [f"stage {s}: only in one lock" for s in sorted(old.keys() ^ new.keys())]
+    for name in sorted(old.keys() & new.keys()):
+        a, b = old[name], new[name]
         for key in ("cmd", "params", "outs"):
             if a.get(key) != b.get(key):
                 problems.append(f"stage {name}: its {key} differ")

@@ -205,9 +205,15 @@ def test_a_study_resumes_from_the_runs_its_committed_report_records(tmp_path, mo
     Path("dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # the pipeline changed: nothing carries over
     subprocess.run([*git, "commit", "-qam", "pipeline"], check=True)
     assert len(S.same_pipeline_commits()) == 1 and S.recorded(study, runs) == {}
-    # unless the earlier lock is declared to give the same results (a code change that cannot change one)
-    S.SAME_RESULTS_FILE.write_text(yaml.safe_dump([{"lock": old_lock, "why": "a retry"}]))
+    # unless the earlier lock is declared to give the same results (a code change that cannot change one),
+    # and is in this repository's history with the same stages' commands, params and outputs
+    not_here = "0" * 40
+    S.SAME_RESULTS_FILE.write_text(yaml.safe_dump([{"lock": old_lock, "why": "a retry"}, {"lock": not_here}]))
+    assert S.pipeline_ids() == {S.pipeline_id(), old_lock}
     assert S.recorded(study, runs) == {"s-0.1-s0": rows[0]}
+    Path("dvc.lock").write_text("schema: '2.0'\nstages:\n  a:\n    cmd: python -m pipeline a\n")  # results changed
+    subprocess.run([*git, "commit", "-qam", "a stage more"], check=True)
+    assert S.recorded(study, runs) == {}
 
 
 def _lock(code_md5: str, out_md5: str = "o1", cmd: str = "python -m pipeline b") -> dict:
