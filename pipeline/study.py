@@ -232,11 +232,13 @@ def pipeline_ids() -> set[str]:
     """`pipeline_id` and the earlier locks declared in SAME_RESULTS_FILE that are in this repository's
     history and give HEAD's results (`same_results`): a declaration copied into another repository
     (the tests' tiny ones) or outdated by a later change of results counts for nothing."""
+    ids = {pipeline_id()}
     declared = yaml.safe_load(SAME_RESULTS_FILE.read_text(encoding="utf-8")) if SAME_RESULTS_FILE.exists() else []
-    ids, head = {pipeline_id()}, None
-    for entry in declared or []:
+    if not declared:
+        return ids
+    head = yaml.safe_load(_git("show", "HEAD:dvc.lock"))
+    for entry in declared:
         old = subprocess.run(["git", "cat-file", "-p", entry["lock"]], capture_output=True, text=True)
-        head = head or yaml.safe_load(_git("show", "HEAD:dvc.lock"))
         if old.returncode == 0 and not same_results(yaml.safe_load(old.stdout), head):
             ids.add(entry["lock"])
     return ids

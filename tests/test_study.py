@@ -232,16 +232,15 @@ def test_locks_give_the_same_results_when_only_code_hashes_differ():
     assert S.same_results(_lock("c1"), _lock("c1", cmd="python -m pipeline c")) == ["stage b: its cmd differ"]
 
 
-def test_every_lock_declared_to_give_the_same_results_does():
+def test_every_lock_declared_to_give_the_same_results_does(monkeypatch):
     """reports/same_results.yaml carries committed runs over a change of dvc.lock: each lock it names
-    must exist in this repository's history, say why, and differ from HEAD's only in code hashes."""
-    declared = yaml.safe_load((ROOT / S.SAME_RESULTS_FILE).read_text()) if (ROOT / S.SAME_RESULTS_FILE).exists() else []
-    head = yaml.safe_load((ROOT / "dvc.lock").read_text())
-    for entry in declared:
-        assert entry.get("why"), entry
-        old = subprocess.run(["git", "cat-file", "-p", entry["lock"]], cwd=ROOT, capture_output=True, text=True)
-        assert old.returncode == 0, f"{entry['lock']}: not in this repository's history ({old.stderr.strip()})"
-        assert S.same_results(yaml.safe_load(old.stdout), head) == [], entry["lock"]
+    must say why, and count (`pipeline_ids`: in this repository's history, and differing from HEAD's
+    lock only in code hashes)."""
+    monkeypatch.chdir(ROOT)
+    declared = yaml.safe_load(S.SAME_RESULTS_FILE.read_text()) if S.SAME_RESULTS_FILE.exists() else []
+    assert all(entry.get("why") for entry in declared), declared
+    not_counted = {entry["lock"] for entry in declared} - S.pipeline_ids()
+    assert not not_counted, f"{S.SAME_RESULTS_FILE}: not in the history, or other results than dvc.lock: {not_counted}"
 
 
 def test_a_run_keeps_the_cpu_it_was_first_recorded_on(monkeypatch):
