@@ -23,7 +23,8 @@ Figures:
      every step: the same answers, and the speed-up (bench/decode.py); on a GPU also in bf16 at
      evaluate's batch of 64.
   7. the `cpu` params' price: training steps with the committed pins against the machine's best
-     kernels on every core, each in a fresh process (bench/cpu_pinning.py).
+     kernels on every core, and `cpu.kernels: compatible` against them, each in a fresh process
+     (bench/cpu_pinning.py).
 """
 
 from __future__ import annotations
@@ -111,6 +112,11 @@ def figures(results: dict) -> list[tuple[str, str, str, bool | None]]:
                  f"/ native ({pin['native']['capability']}, {pin['native']['threads']})",
                  f"{pin['pinned']['tokens_per_sec']:,.0f} / {pin['native']['tokens_per_sec']:,.0f} = "
                  f"{pin['pinned_over_native']:.2f} (same weights: {pin['same_weights']})", "-", None))
+    compatible, pinned = pin["compatible"], pin["pinned"]
+    rows.append((f"training tokens/s, `cpu.kernels` compatible / {pinned['cpu']['kernels']} "
+                 f"({pinned['threads']} threads)",
+                 f"{compatible['tokens_per_sec']:,.0f} / {pinned['tokens_per_sec']:,.0f} = "
+                 f"{pin['compatible_over_pinned']:.2f}", "-", None))
     for d in results["data"]:
         rows.append((f"data stage seconds, {d['scale']}x",
                      ", ".join(f"{k} {v:.1f}" for k, v in d["stage_seconds"].items()), "linear in size", None))

@@ -1,6 +1,7 @@
 """What the `cpu` params cost in speed: text-pretrain's model at the default's shape, trained a few
-steps in a fresh process with the committed `cpu` params applied (pinned kernels and threads) and
-with `kernels: native, threads: 0` (the best each library finds, every core). On a CPU whose best is
+steps in a fresh process with the committed `cpu` params applied (pinned kernels and threads), with
+`kernels: native, threads: 0` (the best each library finds, every core) and with `kernels:
+compatible` (MKL's branch for CPUs of every vendor, README "Reproducibility across machines"). On a CPU whose best is
 AVX2 with as many cores as `cpu.threads` the two are the same code and the same weights; on a bigger
 or AVX-512 machine the ratio is the price of reproducing dvc.lock there."""
 
@@ -52,9 +53,11 @@ def _child(env: dict, vocab: int, seq_len: int, batch: int, warmup: int, steps: 
 
 def measure(cfg: Config, vocab: int, seq_len: int, batch: int, warmup: int = 3, steps: int = 30) -> dict:
     runs = {}
-    for name, cpu in (("pinned", cfg.cpu), ("native", dataclasses.replace(cfg.cpu, kernels="native", threads=0))):
+    for name, cpu in (("pinned", cfg.cpu), ("native", dataclasses.replace(cfg.cpu, kernels="native", threads=0)),
+                      ("compatible", dataclasses.replace(cfg.cpu, kernels="compatible"))):
         env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
         pin_cpu(cpu, env)
         runs[name] = {"cpu": dataclasses.asdict(cpu), **_child(env, vocab, seq_len, batch, warmup, steps)}
     return {**runs, "pinned_over_native": runs["pinned"]["tokens_per_sec"] / runs["native"]["tokens_per_sec"],
-            "same_weights": runs["pinned"]["weights"] == runs["native"]["weights"]}
+            "same_weights": runs["pinned"]["weights"] == runs["native"]["weights"],
+            "compatible_over_pinned": runs["compatible"]["tokens_per_sec"] / runs["pinned"]["tokens_per_sec"]}

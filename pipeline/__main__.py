@@ -35,20 +35,23 @@ LAUNCHED = ("text-pretrain", "mixed-cooldown", "finetune", "evaluate")
 RENDEZVOUS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
-# `cpu.kernels: avx2`: each library's switch to its AVX2 code path, read when torch loads. ATen picks
-# the widest vector kernels the CPU has (AVX-512 ones round differently), MKL its GEMM kernels
-# (CBWR: conditional numerical reproducibility), oneDNN (convolutions) its instruction set.
+# `cpu.kernels`: each library's switch to its code path, read when torch loads. ATen picks the widest
+# vector kernels the CPU has (AVX-512 ones round differently), MKL its GEMM kernels (CBWR: conditional
+# numerical reproducibility), oneDNN (convolutions) its instruction set. MKL's AVX2 branch is one only
+# on Intel CPUs (other vendors' run MKL's automatic branch); its COMPATIBLE branch (SSE2 without the
+# approximate reciprocals, whose results differ by vendor) is MKL's path for any x86-64 CPU.
 AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+PINNED_KERNELS = {"avx2": AVX2_KERNELS, "compatible": {**AVX2_KERNELS, "MKL_CBWR": "COMPATIBLE"}}
 
 
 def pin_cpu(cpu: CpuConfig, env=os.environ) -> None:
     """Fix what chooses the float rounding on a CPU (`cpu` params), before torch is imported."""
-    if cpu.kernels == "avx2":
+    if cpu.kernels in PINNED_KERNELS:
         if has_avx2():
-            env.update(AVX2_KERNELS)
+            env.update(PINNED_KERNELS[cpu.kernels])
         else:
-            print("cpu.kernels is avx2 but this CPU has no AVX2: torch uses its own kernels here, so weights "
-                  "differ from those of an AVX2 machine (README, \"Reproducibility\")", file=sys.stderr)
+            print(f"cpu.kernels is {cpu.kernels} but this CPU has no AVX2: torch uses its own kernels here, so "
+                  "weights differ from those of an AVX2 machine (README, \"Reproducibility\")", file=sys.stderr)
     if cpu.threads:  # shared by the processes `composer -n N` starts on this machine
         per_process = max(1, cpu.threads // int(env.get("LOCAL_WORLD_SIZE") or 1))
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(per_process)

@@ -59,6 +59,7 @@ def test_bench_runs_every_figure_at_a_tiny_size(tmp_path):
     pin = results["cpu_pinning"]
     assert pin["pinned"]["cpu"] == params["cpu"] and pin["native"]["cpu"] == {"threads": 0, "kernels": "native"}
     assert pin["pinned"]["threads"] == params["cpu"]["threads"] and pin["pinned_over_native"] > 0
+    assert pin["compatible"]["cpu"] == {**params["cpu"], "kernels": "compatible"} and pin["compatible_over_pinned"] > 0
     figures = [row["figure"] for row in results["table"]]
     assert any(f.startswith("stack / bare") for f in figures) and any("Streaming read" in f for f in figures)
     for row in results["table"]:  # the printed table: every figure with its target

@@ -312,15 +312,16 @@ class TrainConfig:
 class CpuConfig:
     """What chooses the float rounding when torch computes on a CPU (README, "Reproducibility").
     Applied by `python -m pipeline` before torch loads; the same values give the same weights on
-    any x86-64 CPU with AVX2 (tests/test_cpu_pinning.py). Listed as a param by every stage that
-    computes with torch."""
+    the AVX2 CPUs of one vendor (tests/test_cpu_pinning.py; README, "Reproducibility across
+    machines"). Listed as a param by every stage that computes with torch."""
 
     # torch threads per machine, shared by its processes (MKL's and ATen's sums split by thread, so
     # the core count would otherwise change results); 0 = every core (faster on a big CPU, its own rounding)
     threads: int = spec(0)
     # avx2: ATen, MKL (conditional numerical reproducibility) and oneDNN run their AVX2 kernels on
-    # every CPU that has AVX2, AVX-512 ones included; native: the best each CPU has
-    kernels: str = spec(choices=("avx2", "native"))
+    # every CPU that has AVX2, AVX-512 ones included (MKL's are one only on Intel CPUs); compatible:
+    # the same but MKL's COMPATIBLE branch, its path for every vendor (slower); native: the best each CPU has
+    kernels: str = spec(choices=("avx2", "compatible", "native"))
 
 
 @dataclass(frozen=True)
