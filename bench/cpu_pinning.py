@@ -2,7 +2,7 @@
 steps in a fresh process with the committed `cpu` params applied (pinned kernels and threads), with
 `kernels: native, threads: 0` (the best each library finds, every core) and with `kernels:
 compatible` (MKL's branch for CPUs of every vendor, README "Reproducibility across machines"). On a CPU whose best is
-AVX2 with as many cores as `cpu.threads` the two are the same code and the same weights; on a bigger
+AVX2 with as many cores as `cpu.threads` pinned and native are the same code and the same weights; on a bigger
 or AVX-512 machine the ratio is the price of reproducing dvc.lock there."""
 
 from __future__ import annotations
