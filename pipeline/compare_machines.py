@@ -16,6 +16,7 @@ for the default on a 2-core CPU.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import subprocess
 import sys
@@ -26,7 +27,7 @@ import yaml
 
 from pipeline.findings import REPORTS
 from pipeline.study import _git, dvc, same_results, this_cpu
-from vlm.config import PARAMS_FILE
+from vlm.config import PARAMS_FILE, CpuConfig
 
 MACHINES = REPORTS / "machines"
 EXPERIMENT = "compare-machines"
@@ -61,7 +62,8 @@ def compare(mine: dict, others: dict[str, dict]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     committed = yaml.safe_load(Path(PARAMS_FILE).read_text(encoding="utf-8"))["cpu"]["kernels"]
-    ap.add_argument("--kernels", default=committed, choices=("avx2", "compatible", "native"),
+    kernels = next(f for f in dataclasses.fields(CpuConfig) if f.name == "kernels").metadata["choices"]
+    ap.add_argument("--kernels", default=committed, choices=kernels,
                     help=f"cpu.kernels of the run (default: the committed {committed})")
     args = ap.parse_args(argv)
 
