@@ -39,9 +39,12 @@ RENDEZVOUS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK
 # vector kernels the CPU has (AVX-512 ones round differently), MKL its GEMM kernels (CBWR: conditional
 # numerical reproducibility), oneDNN (convolutions) its instruction set. MKL's AVX2 branch is one only
 # on Intel CPUs (other vendors' run MKL's automatic branch); its COMPATIBLE branch (SSE2 without the
-# approximate reciprocals, whose results differ by vendor) is MKL's path for any x86-64 CPU.
+# approximate reciprocals, whose results differ by vendor) is MKL's path for any x86-64 CPU, and MKL's
+# conditions for one result on different systems add threads that MKL and OpenMP do not adapt
+# (`*_DYNAMIC`). `compatible` also turns oneDNN off (`pin_torch`).
 AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-PINNED_KERNELS = {"avx2": AVX2_KERNELS, "compatible": {**AVX2_KERNELS, "MKL_CBWR": "COMPATIBLE"}}
+COMPATIBLE_KERNELS = {**AVX2_KERNELS, "MKL_CBWR": "COMPATIBLE", "MKL_DYNAMIC": "FALSE", "OMP_DYNAMIC": "FALSE"}
+PINNED_KERNELS = {"avx2": AVX2_KERNELS, "compatible": COMPATIBLE_KERNELS}
 
 
 def pin_cpu(cpu: CpuConfig, env=os.environ) -> None:
@@ -55,6 +58,16 @@ def pin_cpu(cpu: CpuConfig, env=os.environ) -> None:
     if cpu.threads:  # shared by the processes `composer -n N` starts on this machine
         per_process = max(1, cpu.threads // int(env.get("LOCAL_WORLD_SIZE") or 1))
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(per_process)
+
+
+def pin_torch(cpu: CpuConfig) -> None:
+    """What no variable sets, once torch has loaded: `compatible` turns oneDNN off, so that convolutions
+    and GELU run ATen's AVX2 kernels and MKL's GEMM. oneDNN has no reproducibility mode, and its JIT
+    kernels choose their blocking (so their order of summing) from the size of the CPU's L2 cache."""
+    if cpu.kernels == "compatible":
+        import torch
+
+        torch.backends.mkldnn.enabled = False
 
 
 def has_avx2() -> bool:
@@ -106,6 +119,7 @@ def main(argv: list[str]) -> int:
         for key in RENDEZVOUS:
             os.environ.pop(key, None)
     pin_cpu(cfg.cpu)
+    pin_torch(cfg.cpu)
     importlib.import_module(STAGES[argv[0]]).run(cfg)
     return 0
 

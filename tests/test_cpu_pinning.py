@@ -43,17 +43,31 @@ def train_again(repo: Path, env: dict) -> dict[str, str]:
     return weights(repo)
 
 
-# A matrix product in a fresh process, with MKL saying which branch it ran (its verbose log).
-PRODUCT = "import torch; a = torch.randn(64, 64); a @ a; print('aten', torch.backends.cpu.get_cpu_capability())"
+# A matrix product, a convolution and a GELU in a fresh process, with MKL and oneDNN saying what ran
+# (their verbose logs): MKL's branch and whether it adapts its threads (Dyn), and oneDNN's primitives.
+PRODUCT = """
+import sys, torch
+from pipeline.__main__ import pin_torch
+from vlm.config import CpuConfig
+pin_torch(CpuConfig(threads=1, kernels=sys.argv[1]))
+a = torch.randn(64, 64); a @ a
+torch.nn.functional.gelu(torch.nn.functional.conv2d(torch.randn(2, 3, 32, 32), torch.randn(8, 3, 16, 16), stride=16))
+print('aten', torch.backends.cpu.get_cpu_capability())
+"""
 
 
-@pytest.mark.parametrize("kernels, mkl, aten", [("avx2", "AVX2", "AVX2"), ("compatible", "COMPATIBLE", "AVX2")])
-def test_each_pinned_kernels_value_runs_its_mkl_branch_and_aten_level(kernels, mkl, aten):
-    env = {**os.environ, "MKL_VERBOSE": "1", "ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "AUTO"}
+@pytest.mark.parametrize("kernels, mkl, dynamic, onednn", [("avx2", "AVX2", "1", True),
+                                                           ("compatible", "COMPATIBLE", "0", False)])
+def test_each_pinned_kernels_value_runs_its_mkl_branch_aten_level_and_onednn_or_not(kernels, mkl, dynamic, onednn):
+    env = {**os.environ, "MKL_VERBOSE": "1", "ONEDNN_VERBOSE": "1", "ATEN_CPU_CAPABILITY": "default",
+           "MKL_CBWR": "AUTO"}
     pin_cpu(CpuConfig(threads=1, kernels=kernels), env)
-    out = subprocess.run([sys.executable, "-c", PRODUCT], env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", PRODUCT, kernels], cwd=Path(__file__).resolve().parents[1], env=env,
+                         capture_output=True, text=True, check=True).stdout
     assert set(re.findall(r"CNR:(\w+)", out)) == {mkl}, out
-    assert f"aten {aten}" in out
+    assert set(re.findall(r"CNR:\w+ Dyn:(\d)", out)) == {dynamic}, out
+    assert bool(re.search(r"onednn_verbose.*,exec,cpu,convolution", out)) == onednn, out
+    assert "aten AVX2" in out
 
 
 @pytest.mark.slow
