@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 
 import pytest
 import yaml
 from dvcrepo import run
 
-from pipeline.compare_machines import compare, cpu_slug
+from pipeline.compare_machines import compare, cpu_slug, scores
 
 
 def test_a_cpu_description_becomes_a_file_name():
@@ -17,6 +18,12 @@ def test_a_cpu_description_becomes_a_file_name():
         "intel-xeon-processor-family-6-model-167-avx-512"
     assert cpu_slug("AMD EPYC 7B13 64-Core Processor, family 25 model 1, AVX2") == \
         "amd-epyc-7b13-64-core-processor-family-25-model-1-avx2"
+
+
+def test_scores_name_each_summary_with_its_standard_error():
+    metrics = {"vision_stable": 0.47581, "vision_stable_se": 0.01134, "text_stable": 0.876, "text_stable_se": 0.0122,
+               "stable_mean": 0.6759, "stable_mean_se": 0.00835, "tasks": {}}
+    assert scores(metrics) == "vision_stable 0.476 ± 0.011, text_stable 0.876 ± 0.012, stable_mean 0.676 ± 0.008"
 
 
 LOCK = {"schema": "2.0", "stages": {
@@ -54,6 +61,8 @@ def test_the_run_keeps_this_cpus_lock_and_compares_it_with_the_committed_one_and
     out = run(tiny, "python", "-m", "pipeline.compare_machines").stdout
     (mine,) = [p for p in folder.glob("*.lock") if p.name != "another-cpu.lock"]
     assert yaml.safe_load(mine.read_text())["stages"] == committed["stages"]  # this machine reproduced it
+    scored = scores(json.loads((tiny / "metrics/eval.json").read_text()))  # so its scores are the workspace's
+    assert f"\n# scores: {scored}\n" in mine.read_text() and f"this machine's scores: {scored}" in out
     assert "dvc.lock (committed): the same results, every stage" in out
     assert "another-cpu.lock: differs in 1 place: stage train-encoder: its outs differ" in out
     assert run(tiny, "git", "status", "--porcelain", "--", "dvc.lock", "params.yaml").stdout == ""
