@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from pipeline.__main__ import pin_cpu
-from vlm.config import Config
+from vlm.config import Config, CpuConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,8 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = """
 import hashlib, json, sys, time
 import torch
+from pipeline.__main__ import pin_torch
+from vlm.config import CpuConfig
 from vlm.model.lm import LM, lm_config
-vocab, seq_len, batch, warmup, steps = map(int, sys.argv[1:])
+pin_torch(CpuConfig(**json.loads(sys.argv[1])))  # as `python -m pipeline` does once torch has loaded
+vocab, seq_len, batch, warmup, steps = map(int, sys.argv[2:])
 torch.manual_seed(0)
 model = LM(lm_config("tiny", vocab, seq_len))
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -45,8 +48,9 @@ print(json.dumps({"tokens_per_sec": steps * batch * seq_len / seconds, "weights"
 """
 
 
-def _child(env: dict, vocab: int, seq_len: int, batch: int, warmup: int, steps: int) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, *map(str, (vocab, seq_len, batch, warmup, steps))],
+def _child(env: dict, cpu: CpuConfig, vocab: int, seq_len: int, batch: int, warmup: int, steps: int) -> dict:
+    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(dataclasses.asdict(cpu)),
+                           *map(str, (vocab, seq_len, batch, warmup, steps))],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -57,7 +61,7 @@ def measure(cfg: Config, vocab: int, seq_len: int, batch: int, warmup: int = 3, 
                       ("compatible", dataclasses.replace(cfg.cpu, kernels="compatible"))):
         env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
         pin_cpu(cpu, env)
-        runs[name] = {"cpu": dataclasses.asdict(cpu), **_child(env, vocab, seq_len, batch, warmup, steps)}
+        runs[name] = {"cpu": dataclasses.asdict(cpu), **_child(env, cpu, vocab, seq_len, batch, warmup, steps)}
     return {**runs, "pinned_over_native": runs["pinned"]["tokens_per_sec"] / runs["native"]["tokens_per_sec"],
             "same_weights": runs["pinned"]["weights"] == runs["native"]["weights"],
             "compatible_over_pinned": runs["compatible"]["tokens_per_sec"] / runs["pinned"]["tokens_per_sec"]}

@@ -23,13 +23,12 @@ import re
 import subprocess
 import sys
 from datetime import date
-from pathlib import Path
 
 import yaml
 
 from pipeline.findings import REPORTS
 from pipeline.study import _git, dvc, same_results, this_cpu
-from vlm.config import PARAMS_FILE, CpuConfig
+from vlm.config import CpuConfig, load
 
 MACHINES = REPORTS / "machines"
 EXPERIMENT = "compare-machines"
@@ -69,7 +68,7 @@ def compare(mine: dict, others: dict[str, dict]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    committed = yaml.safe_load(Path(PARAMS_FILE).read_text(encoding="utf-8"))["cpu"]["kernels"]
+    committed = load().cpu.kernels
     kernels = next(f for f in dataclasses.fields(CpuConfig) if f.name == "kernels").metadata["choices"]
     ap.add_argument("--kernels", default=committed, choices=kernels,
                     help=f"cpu.kernels of the run (default: the committed {committed})")
