@@ -27,7 +27,7 @@ from datetime import date
 import yaml
 
 from pipeline.findings import REPORTS
-from pipeline.study import _git, dvc, same_results, this_cpu
+from pipeline.study import dvc, git, same_results, this_cpu
 from vlm.config import CpuConfig, load
 
 MACHINES = REPORTS / "machines"
@@ -42,10 +42,10 @@ def cpu_slug(cpu: str) -> str:
 
 def experiment_file(name: str, path: str) -> str:
     """A file of the experiment `name` (DVC keeps each experiment as a git commit under refs/exps)."""
-    refs = [r for r in _git("for-each-ref", "--format=%(refname)", "refs/exps").split() if r.endswith("/" + name)]
+    refs = [r for r in git("for-each-ref", "--format=%(refname)", "refs/exps").split() if r.endswith("/" + name)]
     if len(refs) != 1:
         raise SystemExit(f"expected one experiment named {name}, found {len(refs)}: {refs}")
-    return _git("show", f"{refs[0]}:{path}")
+    return git("show", f"{refs[0]}:{path}")
 
 
 def scores(metrics: dict) -> str:
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"cpu.kernels of the run (default: the committed {committed})")
     args = ap.parse_args(argv)
 
-    cpu, changed = this_cpu(), bool(_git("status", "--porcelain", "--untracked-files=no").strip())
+    cpu, changed = this_cpu(), bool(git("status", "--porcelain", "--untracked-files=no").strip())
     print(f"running the pipeline with cpu.kernels={args.kernels} on {cpu} (a temporary experiment)", flush=True)
     dvc("exp", "remove", EXPERIMENT, check=False)
     run = subprocess.run(["dvc", "exp", "run", "--temp", "-n", EXPERIMENT, "-S", f"cpu.kernels={args.kernels}"])
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = MACHINES / args.kernels
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{cpu_slug(cpu)}.lock"
-    commit = _git("rev-parse", "--short", "HEAD").strip() + (" with changes" if changed else "")
+    commit = git("rev-parse", "--short", "HEAD").strip() + (" with changes" if changed else "")
     header = (f"# dvc.lock of `python -m pipeline.compare_machines --kernels {args.kernels}` on {cpu},\n"
               f"# {date.today().isoformat()}, commit {commit}\n# scores: {scored}\n")
     path.write_text(header + yaml.safe_dump(mine, sort_keys=False), encoding="utf-8")

@@ -209,7 +209,7 @@ def same_pipeline_commits(limit: int = 100) -> list[str]:
     (a README fix committed mid-study keeps the study's runs)."""
     lock = pipeline_id()
     out = []
-    for sha in _git("rev-list", "--first-parent", f"--max-count={limit}", "HEAD").split():
+    for sha in git("rev-list", "--first-parent", f"--max-count={limit}", "HEAD").split():
         if subprocess.run(["git", "rev-parse", "-q", "--verify", f"{sha}:dvc.lock"], capture_output=True,
                           text=True).stdout.strip() != lock:
             break
@@ -219,7 +219,7 @@ def same_pipeline_commits(limit: int = 100) -> list[str]:
 
 def pipeline_id() -> str:
     """The git hash of HEAD's dvc.lock: runs recorded under the same one ran the same pipeline."""
-    return _git("rev-parse", "HEAD:dvc.lock").strip()
+    return git("rev-parse", "HEAD:dvc.lock").strip()
 
 
 # Earlier dvc.lock versions whose recorded runs count as this pipeline's: each was replaced only by a
@@ -236,7 +236,7 @@ def pipeline_ids() -> set[str]:
     declared = yaml.safe_load(SAME_RESULTS_FILE.read_text(encoding="utf-8")) if SAME_RESULTS_FILE.exists() else []
     if not declared:
         return ids
-    head = yaml.safe_load(_git("show", "HEAD:dvc.lock"))
+    head = yaml.safe_load(git("show", "HEAD:dvc.lock"))
     for entry in declared:
         old = subprocess.run(["git", "cat-file", "-p", entry["lock"]], capture_output=True, text=True)
         if old.returncode == 0 and not same_results(yaml.safe_load(old.stdout), head):
@@ -355,7 +355,8 @@ def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
     return {k: v for key, sub in node.items() for k, v in _leaves(sub, f"{prefix}{key}.").items()}
 
 
-def _git(*args: str) -> str:
+def git(*args: str) -> str:
+    """`git ARGS` in the working directory; its stdout (fails on a non-zero exit)."""
     return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout
 
 
@@ -366,7 +367,7 @@ def changed_inputs(params_file: str = PARAMS_FILE) -> list[str]:
     leftover `-S vision.blank_images=true` would silently make every run of a study the blind control."""
     problems = []
     try:
-        committed = _leaves(yaml.safe_load(_git("show", f"HEAD:{params_file}")) or {})
+        committed = _leaves(yaml.safe_load(git("show", f"HEAD:{params_file}")) or {})
     except subprocess.CalledProcessError as e:
         return [f"no committed {params_file} to start from (`git show HEAD:{params_file}`: {e.stderr.strip()})"]
     current = _leaves(yaml.safe_load(Path(params_file).read_text(encoding="utf-8")) or {})
@@ -376,7 +377,7 @@ def changed_inputs(params_file: str = PARAMS_FILE) -> list[str]:
                             f"committed {_yaml_value(committed.get(key, '(absent)'))}")
     stages = yaml.safe_load(Path("dvc.yaml").read_text(encoding="utf-8"))["stages"]
     deps = sorted({"dvc.yaml", *(d for st in stages.values() for d in st.get("deps", []))} - {params_file})
-    for line in _git("status", "--porcelain", "--untracked-files=all", "--", *deps).splitlines():
+    for line in git("status", "--porcelain", "--untracked-files=all", "--", *deps).splitlines():
         problems.append(f"{line[3:]}: {'not committed' if line.startswith('??') else 'changed since the last commit'}")
     return problems
 
@@ -391,7 +392,7 @@ def baseline_problem() -> str | None:
                 + "\n  ".join(changed) + "\ncommit it, or restore it (`git checkout -- FILE`), then start the "
                 "study again; run single variants with `dvc exp run --queue -S ...` or `--temp`, which leave "
                 "params.yaml as it is")
-    if _git("status", "--porcelain", "--", "dvc.lock").strip():
+    if git("status", "--porcelain", "--", "dvc.lock").strip():
         return ("dvc.lock differs from the committed one, and the committed reports record their runs under "
                 "the committed lock: commit it first (every study then runs anew on it). If `dvc repro` changed "
                 "it while nothing else changed, this machine does not reproduce the committed results (a CPU "
@@ -632,7 +633,7 @@ def report(study: Study, runs: list[Run], failed: list[str] = (), alpha: float =
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").write_text(json.dumps(_finite({
         "alpha": alpha, "variants": summary, "findings": judged,
-        "baseline": {"commit": _git("rev-parse", "HEAD").strip(), "dvc.lock": pipeline_id()},
+        "baseline": {"commit": git("rev-parse", "HEAD").strip(), "dvc.lock": pipeline_id()},
         "planned_runs": len(runs), "runs": rows}),
         indent=2, sort_keys=True) + "\n")
     logged = [row for row in rows if row["text_pretrain"] is not None]
