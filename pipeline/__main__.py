@@ -38,10 +38,12 @@ RENDEZVOUS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK
 # `cpu.kernels`: each library's switch to its code path, read when torch loads. ATen picks the widest
 # vector kernels the CPU has (AVX-512 ones round differently), MKL its GEMM kernels (CBWR: conditional
 # numerical reproducibility), oneDNN (convolutions) its instruction set. MKL's AVX2 branch is one only
-# on Intel CPUs (other vendors' run MKL's automatic branch); its COMPATIBLE branch (SSE2 without the
-# approximate reciprocals, whose results differ by vendor) is MKL's path for any x86-64 CPU, and MKL's
-# conditions for one result on different systems add threads that MKL and OpenMP do not adapt
-# (`*_DYNAMIC`). `compatible` also turns oneDNN off (`pin_torch`).
+# on Intel CPUs (other vendors' run MKL's automatic branch); its COMPATIBLE branch is MKL's path for
+# any x86-64 CPU, and MKL's conditions for one result on different systems add threads that MKL and
+# OpenMP do not adapt (`*_DYNAMIC`). `compatible` also turns oneDNN and NNPACK off (`pin_torch`).
+# Measured (README, "Reproducibility across machines"): one exception is left, MKL's square root
+# (VML), which torch.sqrt calls and the optimizer with it; on the COMPATIBLE branch it is not
+# correctly rounded and most likely uses the CPU's approximate reciprocal square root.
 AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 COMPATIBLE_KERNELS = {**AVX2_KERNELS, "MKL_CBWR": "COMPATIBLE", "MKL_DYNAMIC": "FALSE", "OMP_DYNAMIC": "FALSE"}
 PINNED_KERNELS = {"avx2": AVX2_KERNELS, "compatible": COMPATIBLE_KERNELS}
@@ -61,13 +63,16 @@ def pin_cpu(cpu: CpuConfig, env=os.environ) -> None:
 
 
 def pin_torch(cpu: CpuConfig) -> None:
-    """What no variable sets, once torch has loaded: `compatible` turns oneDNN off, so that convolutions
-    and GELU run ATen's AVX2 kernels and MKL's GEMM. oneDNN has no reproducibility mode, and its JIT
-    kernels choose their blocking (so their order of summing) from the size of the CPU's L2 cache."""
+    """What no variable sets, once torch has loaded: `compatible` turns oneDNN and NNPACK off, so that
+    convolutions run as MKL GEMMs and GELU as ATen's AVX2 kernel. Neither library has a reproducibility
+    mode: oneDNN's JIT kernels choose their blocking (so their order of summing) from the size of the
+    CPU's L2 cache, and NNPACK, which torch picks for a convolution's forward pass (kernels up to 16 px,
+    batches of 16 or more) once oneDNN is off, chooses its own kernels and blocking from the CPU it finds."""
     if cpu.kernels == "compatible":
         import torch
 
         torch.backends.mkldnn.enabled = False
+        torch.backends.nnpack.set_flags(False)
 
 
 def has_avx2() -> bool:
