@@ -10,8 +10,10 @@ compatible path, one core). Pinned, the stages must give this machine's weights 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -52,7 +54,7 @@ from vlm.config import CpuConfig
 pin_torch(CpuConfig(threads=1, kernels=sys.argv[1]))
 a = torch.randn(64, 64); a @ a
 torch.nn.functional.gelu(torch.nn.functional.conv2d(torch.randn(2, 3, 32, 32), torch.randn(8, 3, 16, 16), stride=16))
-print('aten', torch.backends.cpu.get_cpu_capability())
+print('aten', torch.backends.cpu.get_cpu_capability(), 'nnpack', torch._C._get_nnpack_enabled())
 """
 
 
@@ -68,7 +70,7 @@ def test_each_pinned_kernels_value_runs_its_mkl_branch_aten_level_and_onednn_or_
     assert set(re.findall(r"CNR:\w+ Dyn:(\d)", out)) == {dynamic}, out
     onednn_ran = re.findall(r"onednn_verbose.*?,exec,cpu,(\w+)", out)  # the primitives it ran
     assert ({"convolution", "eltwise"} <= set(onednn_ran)) if onednn else onednn_ran == [], out
-    assert "aten AVX2" in out
+    assert f"aten AVX2 nnpack {onednn}" in out  # compatible: NNPACK off with oneDNN, avx2 leaves both on
 
 
 @pytest.mark.slow
@@ -84,3 +86,50 @@ def test_pinned_kernels_and_threads_give_the_same_weights_as_on_another_cpu(tmp_
     unpinned = train_again(repo, ANOTHER_CPU)
     assert unpinned.keys() == here.keys()
     assert unpinned != here  # the stand-in does change the rounding when nothing pins it
+
+
+# Single operations on a CPU that qemu-user emulates (`-cpu MODEL`: its vendor, features and caches as
+# CPUID reports them), digested one by one: MKL's square root and exponentials (VML), a matrix product,
+# the patch convolution at a batch of 16 (where torch would pick NNPACK) and attention, with gradients.
+OPERATIONS = """
+import hashlib, json, sys, torch
+from pipeline.__main__ import pin_torch
+from vlm.config import CpuConfig
+pin_torch(CpuConfig(threads=2, kernels=sys.argv[1]))
+F, g = torch.nn.functional, torch.Generator().manual_seed(0)
+x, img = torch.randn(256, 256, generator=g), torch.randn(16, 3, 48, 48, generator=g)
+w = torch.randn(96, 3, 16, 16, generator=g, requires_grad=True)
+q = torch.randn(2, 4, 64, 32, generator=g, requires_grad=True)
+out = {"matmul": x @ x, "sqrt": (x.abs() + 0.1).sqrt(), "exp": x.exp(), "log": (x.abs() + 0.1).log(),
+       "erf": torch.erf(x), "gelu": F.gelu(x), "conv": F.conv2d(img, w, stride=16),
+       "attention": F.scaled_dot_product_attention(q, q, q, is_causal=True)}
+(out["conv"].square().sum() + out["attention"].square().sum()).backward()
+out.update({"conv grad": w.grad, "attention grad": q.grad})
+digest = lambda t: hashlib.sha256(t.detach().contiguous().numpy().tobytes()).hexdigest()[:12]
+print(json.dumps({k: digest(t) for k, t in out.items()}))
+"""
+
+EMULATED_CPUS = ("Cascadelake-Server-v5", "EPYC-Rome")  # an Intel Xeon and an AMD EPYC (Zen 2)
+
+
+def emulated(cpu_model: str, kernels: str) -> dict[str, str]:
+    env = dict(os.environ)
+    pin_cpu(CpuConfig(threads=2, kernels=kernels), env)
+    proc = subprocess.run(["qemu-x86_64", "-cpu", cpu_model, sys.executable, "-c", OPERATIONS, kernels],
+                          cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("qemu-x86_64") is None, reason="needs qemu-user (.ci/run installs it)")
+def test_compatible_gives_an_emulated_intel_and_amd_cpu_the_same_results_and_avx2_does_not():
+    """What the vendor decides through the libraries' dispatch (MKL's branch per vendor, oneDNN's and
+    NNPACK's blocking per cache size) shows under emulation; what the hardware's approximate
+    instructions decide does not (qemu computes them exactly, on either vendor): README,
+    "Reproducibility across machines"."""
+    intel, amd = (emulated(cpu, "compatible") for cpu in EMULATED_CPUS)
+    assert intel == amd
+    intel, amd = (emulated(cpu, "avx2") for cpu in EMULATED_CPUS)
+    assert {k for k in intel if intel[k] != amd[k]} >= {"sqrt", "exp"}  # MKL's AVX2 branch is Intel's only

@@ -320,8 +320,9 @@ class CpuConfig:
     threads: int = spec(0)
     # avx2: ATen, MKL (conditional numerical reproducibility) and oneDNN run their AVX2 kernels on
     # every CPU that has AVX2, AVX-512 ones included (MKL's are one only on Intel CPUs); compatible:
-    # the same but MKL's COMPATIBLE branch, its path for every vendor, with fixed threads and oneDNN off
-    # (slower); native: the best each CPU has
+    # the same but MKL's COMPATIBLE branch, its path for every vendor, with fixed threads and oneDNN
+    # and NNPACK off (slower; MKL's square root still most likely differs by vendor: README); native:
+    # the best each CPU has
     kernels: str = spec(choices=("avx2", "compatible", "native"))
 
 
