@@ -11,7 +11,8 @@ with every lock kept there by other CPUs, and with the committed dvc.lock where 
 committed ones: per stage, its outputs and the data it read (`same_results`; code hashes aside).
 Its header keeps the run's scores (metrics/eval.json: the experiment is removed afterwards).
 Commit the lock it writes, so that the next machine compares itself with this one. The default took
-10 minutes (`avx2`, data stages cached) and 19 (`compatible`) on a 2-core Intel Xeon.
+10 minutes (`avx2`, data stages cached) and 19 (`compatible`) on a 2-core Intel Xeon; 17 and 24 on a slower
+day of that shared machine.
 """
 
 from __future__ import annotations
