@@ -5,6 +5,8 @@ library reads to choose its kernels (ATen's capability level, MKL's code path, o
 set) and its threads are set as another CPU would have them chosen (no vector kernels, MKL's
 compatible path, one core). Pinned, the stages must give this machine's weights bit for bit; with
 `cpu.kernels: native` and `cpu.threads: 0` the same stand-in must change them, or it proves nothing.
+The other vendor's CPU no variable stands in for; qemu-user's emulated CPUs do, for single operations
+(the slow test at the end).
 """
 
 from __future__ import annotations
@@ -127,7 +129,7 @@ def emulated(cpu_model: str, kernels: str) -> dict[str, str]:
 def test_compatible_gives_an_emulated_intel_and_amd_cpu_the_same_results_and_avx2_does_not():
     """What the vendor decides through the libraries' dispatch (MKL's branch per vendor, oneDNN's and
     NNPACK's blocking per cache size) shows under emulation; what the hardware's approximate
-    instructions decide does not (qemu computes them exactly, on either vendor): README,
+    instructions decide does not (qemu computes them its own way, the same for either vendor): README,
     "Reproducibility across machines"."""
     intel, amd = (emulated(cpu, "compatible") for cpu in EMULATED_CPUS)
     assert intel == amd
