@@ -18,13 +18,13 @@ Reads the workspace and trains nothing of the pipeline; about 50 s on a 2-core C
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 
 import torch
 
 from pipeline.paths import ENCODER, FEATURES, RAW
+from vlm.data import readers
 from vlm.data.features import FeatureStore
 from vlm.data.world import EVAL_PHRASES, GRID, HELD_OUT_KINDS, POPE_SPLITS
 from vlm.io import read_json
@@ -63,7 +63,9 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, classes: int, steps: int = 1500,
 
 def probe_split(store: FeatureStore, eval_dir: Path, scenes: dict, split: str, steps: int = 1500) -> dict:
     """The probe's POPE scores on one split, fitted on the evaluation images the split does not use."""
-    items = [json.loads(line) for line in (eval_dir / f"pope_{split}.jsonl").read_text().splitlines() if line]
+    items = readers.read_pope(eval_dir / f"pope_{split}.jsonl", check_images=False)
+    for it in items:  # scenes.json names an image as the POPE file does, relative to the evaluation folder
+        it["image"] = it["image"].relative_to(eval_dir).as_posix()
     things = [t for scene in scenes.values() for t in scene]
     ids = {a: {v: i + 1 for i, v in enumerate(sorted({t[a] for t in things}))} for a in ("colour", "shape")}
     test = sorted({it["image"] for it in items})

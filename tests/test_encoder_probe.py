@@ -41,7 +41,7 @@ def world(tmp_path, informative: bool):
         absent = next(k for k in TAUGHT if k not in present)
         for (colour, shape), label in ((sorted(present)[0], "yes"), (absent, "no")):
             text = EVAL_PHRASES["exists"].format(colour=colour, shape=shape)
-            items.append({"image": name, "label": label, "text": text})
+            items.append({"question_id": len(items), "image": name, "label": label, "text": text})
     (eval_dir / "pope_random.jsonl").write_text("".join(json.dumps(it) + "\n" for it in items))
     store_dir = tmp_path / "features"
     store_dir.mkdir()
